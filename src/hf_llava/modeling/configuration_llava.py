@@ -1,0 +1,158 @@
+"""`LlavaConfig`: the configuration of an hf-llava model (vision tower + projector + causal LM).
+
+Mirrors transformers 4.57's `LlavaConfig` field for field (so llava-hf checkpoints convert by config
+alone) and adds the projector type of the original LLaVA recipe. `model_type` is `hf_llava`: `llava`
+belongs to transformers.
+
+This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
+"""
+
+import re
+from typing import Optional, Union
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto import CONFIG_MAPPING
+
+PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp{N}x_gelu", "identity")
+VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
+_MLP_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
+# Vision towers whose sequence starts with a CLS token ("default" drops it).
+_TOWERS_WITH_CLS = ("clip_vision_model", "clip", "chinese_clip_vision_model", "metaclip_2_vision_model")
+
+
+def projector_depth(projector_type: str) -> int:
+    """Number of linear layers of a projector type (0 for `identity`, 1 for `linear`, N for `mlpNx_gelu`)."""
+    if projector_type == "identity":
+        return 0
+    if projector_type == "linear":
+        return 1
+    match = _MLP_PATTERN.match(str(projector_type))
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError(
+            f"projector_type={projector_type!r} is not supported; expected one of {', '.join(PROJECTOR_TYPES)} "
+            "(e.g. 'mlp2x_gelu' for LLaVA-1.5, 'linear' for LLaVA v1)."
+        )
+    return int(match.group(1))
+
+
+def _build_sub_config(config, default_type: str, name: str) -> PretrainedConfig:
+    if config is None:
+        return CONFIG_MAPPING[default_type]()
+    if isinstance(config, PretrainedConfig):
+        return config
+    if isinstance(config, dict):
+        config = dict(config)
+        model_type = config.pop("model_type", default_type)
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(f"{name}: unknown model_type {model_type!r}; expected a model type transformers knows.")
+        return CONFIG_MAPPING[model_type](**config)
+    raise TypeError(f"{name} must be a PretrainedConfig, a dict or None; got {type(config).__name__}.")
+
+
+class LlavaConfig(PretrainedConfig):
+    r"""Configuration of [`LlavaForConditionalGeneration`].
+
+    Args:
+        vision_config (`PretrainedConfig` or `dict`, *optional*): the vision tower (CLIP, SigLIP...);
+            defaults to CLIP ViT-L/14-336.
+        text_config (`PretrainedConfig` or `dict`, *optional*): the causal LM (Llama, Mistral, Qwen2...);
+            defaults to Llama-7B.
+        image_token_index (`int`, defaults to 32000): id of the `<image>` token in the tokenizer.
+        projector_type (`str`, defaults to `"mlp2x_gelu"`): `linear` (LLaVA v1), `mlp{N}x_gelu`
+            (`mlp2x_gelu` is LLaVA-1.5) or `identity` (vision width must equal the LM width).
+        projector_hidden_act (`str`, defaults to `"gelu"`): activation between projector layers.
+        vision_feature_select_strategy (`str`, defaults to `"default"`): `default` drops the CLS token,
+            `full` keeps every token.
+        vision_feature_layer (`int` or `list[int]`, defaults to -2): hidden state(s) of the tower fed to
+            the projector; a list concatenates the layers along the feature axis.
+        image_seq_length (`int`, *optional*): visual tokens per image; derived from the vision config
+            when not given.
+        multimodal_projector_bias (`bool`, defaults to `True`): biases in the projector's linear layers.
+        image_aspect_ratio (`str`, defaults to `"pad"`): how the recipe preprocesses images (`pad` to
+            square with the mean colour, as LLaVA-1.5; or `square`). Informative for processors.
+    """
+
+    model_type = "hf_llava"
+    attribute_map = {"image_token_id": "image_token_index"}
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
+
+    def __init__(
+        self,
+        vision_config: Optional[Union[PretrainedConfig, dict]] = None,
+        text_config: Optional[Union[PretrainedConfig, dict]] = None,
+        image_token_index: int = 32000,
+        projector_type: str = "mlp2x_gelu",
+        projector_hidden_act: str = "gelu",
+        vision_feature_select_strategy: str = "default",
+        vision_feature_layer: Union[int, list[int]] = -2,
+        image_seq_length: Optional[int] = None,
+        multimodal_projector_bias: bool = True,
+        image_aspect_ratio: str = "pad",
+        **kwargs,
+    ):
+        if vision_feature_select_strategy not in VISION_FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"vision_feature_select_strategy={vision_feature_select_strategy!r} is not supported; "
+                f"expected one of {VISION_FEATURE_SELECT_STRATEGIES}."
+            )
+        if isinstance(vision_feature_layer, (list, tuple)):
+            if not vision_feature_layer or not all(isinstance(x, int) for x in vision_feature_layer):
+                raise ValueError(
+                    f"vision_feature_layer={vision_feature_layer!r}: expected an int or a non-empty list of ints."
+                )
+            vision_feature_layer = list(vision_feature_layer)
+        elif not isinstance(vision_feature_layer, int):
+            raise ValueError(f"vision_feature_layer={vision_feature_layer!r}: expected an int or a list of ints.")
+        projector_depth(projector_type)  # validates
+        if image_aspect_ratio not in ("pad", "square"):
+            raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected 'pad' or 'square'.")
+
+        if vision_config is None:  # CLIP ViT-L/14-336, the LLaVA-1.5 tower
+            vision_config = CONFIG_MAPPING["clip_vision_model"](
+                intermediate_size=4096, hidden_size=1024, patch_size=14, image_size=336,
+                num_hidden_layers=24, num_attention_heads=16, projection_dim=768,
+            )
+        self.vision_config = _build_sub_config(vision_config, "clip_vision_model", "vision_config")
+        self.text_config = _build_sub_config(text_config, "llama", "text_config")
+
+        num_layers = 1 if isinstance(vision_feature_layer, int) else len(vision_feature_layer)
+        if projector_type == "identity" and self.vision_config.hidden_size * num_layers != self.text_config.hidden_size:
+            raise ValueError(
+                f"projector_type='identity' needs the vision features ({self.vision_config.hidden_size} x "
+                f"{num_layers} layer(s)) to match the LM hidden size ({self.text_config.hidden_size}); "
+                "use 'linear' or 'mlp2x_gelu' instead."
+            )
+
+        self.image_token_index = image_token_index
+        self.projector_type = projector_type
+        self.projector_hidden_act = projector_hidden_act
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.vision_feature_layer = vision_feature_layer
+        self.multimodal_projector_bias = multimodal_projector_bias
+        self.image_aspect_ratio = image_aspect_ratio
+        expected = self.num_image_tokens
+        if image_seq_length is not None and image_seq_length != expected:
+            raise ValueError(
+                f"image_seq_length={image_seq_length} disagrees with the vision tower, which yields {expected} "
+                f"visual tokens per image (image_size {self.vision_config.image_size}, patch_size "
+                f"{self.vision_config.patch_size}, strategy {vision_feature_select_strategy!r}); omit it or fix it."
+            )
+        self.image_seq_length = expected
+        super().__init__(**kwargs)
+
+    @property
+    def num_additional_image_tokens(self) -> int:
+        """Tokens the tower prepends to the patches (1 for CLIP's CLS, 0 for SigLIP)."""
+        return 1 if self.vision_config.model_type in _TOWERS_WITH_CLS else 0
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Visual tokens the model produces per image: (image_size / patch_size)^2, +CLS for `full`."""
+        side = self.vision_config.image_size // self.vision_config.patch_size
+        tokens = side * side + self.num_additional_image_tokens
+        if self.vision_feature_select_strategy == "default":
+            tokens -= 1
+        return tokens
+
+
+__all__ = ["LlavaConfig", "PROJECTOR_TYPES", "projector_depth"]

@@ -1,0 +1,416 @@
+"""LLaVA in PyTorch: output dataclass, projector, base model, conditional-generation model.
+
+Provenance: mirrors transformers 4.57 `models/llava/modeling_llava.py` (same parameter names, same
+forward semantics, so `load_state_dict` of a transformers llava works with `strict=True`) and adds
+the original LLaVA recipe's projector types (`linear`, `mlpNx_gelu`, `identity`), a 3-D
+`image_hidden_states` and an error on token/feature mismatch that states the counts.
+
+This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import ModelOutput
+
+from .configuration_llava import LlavaConfig, projector_depth
+
+
+@dataclass
+class LlavaCausalLMOutputWithPast(ModelOutput):
+    """Output of [`LlavaForConditionalGeneration`].
+
+    loss: `(1,)` language-modeling loss where `labels != -100`.
+    logits: `(batch, seq_len, vocab)`.
+    past_key_values: the KV cache.
+    image_hidden_states: `(num_images, num_image_tokens, text_hidden_size)`, projected visual tokens.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    logits: Optional[torch.FloatTensor] = None
+    past_key_values: Optional[Cache] = None
+    hidden_states: Optional[tuple[torch.FloatTensor]] = None
+    attentions: Optional[tuple[torch.FloatTensor]] = None
+    image_hidden_states: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class LlavaModelOutputWithPast(ModelOutput):
+    """Output of [`LlavaModel`]: the LM's last hidden state plus the projected visual tokens."""
+
+    last_hidden_state: Optional[torch.FloatTensor] = None
+    past_key_values: Optional[Cache] = None
+    hidden_states: Optional[tuple[torch.FloatTensor]] = None
+    attentions: Optional[tuple[torch.FloatTensor]] = None
+    image_hidden_states: Optional[torch.FloatTensor] = None
+
+
+class LlavaMultiModalProjector(nn.Module):
+    """Vision features -> LM embeddings.
+
+    `linear`: linear_1. `mlpNx_gelu`: linear_1, act, linear_2, ..., act, linear_N (`mlp2x_gelu` has the
+    exact layout of transformers' llava projector). `identity`: no parameters.
+    """
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__()
+        num_feature_layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+        in_dim = config.vision_config.hidden_size * num_feature_layers
+        out_dim = config.text_config.hidden_size
+        self.depth = projector_depth(config.projector_type)
+        bias = config.multimodal_projector_bias
+        for i in range(1, self.depth + 1):
+            setattr(self, f"linear_{i}", nn.Linear(in_dim if i == 1 else out_dim, out_dim, bias=bias))
+        if self.depth > 1:
+            self.act = ACT2FN[config.projector_hidden_act]
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        # (num_images, num_tokens, vision_hidden * num_layers) -> (num_images, num_tokens, text_hidden)
+        hidden_states = image_features
+        for i in range(1, self.depth + 1):
+            if i > 1:
+                hidden_states = self.act(hidden_states)
+            hidden_states = getattr(self, f"linear_{i}")(hidden_states)
+        return hidden_states
+
+
+class LlavaPreTrainedModel(PreTrainedModel):
+    config_class = LlavaConfig
+    config: LlavaConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = "past_key_values"
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        # Only the projector is ours; the towers initialise themselves through their own classes.
+        if isinstance(module, nn.Linear):
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            module.weight.data.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.data.zero_()
+
+
+class LlavaModel(LlavaPreTrainedModel):
+    """Vision tower + projector + LM backbone (no LM head)."""
+
+    _checkpoint_conversion_mapping = {"language_model.model": "language_model"}
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = LlavaMultiModalProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def set_decoder(self, decoder):
+        self.language_model = decoder
+
+    def get_decoder(self):
+        return self.language_model
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: Optional[Union[int, list[int]]] = None,
+        vision_feature_select_strategy: Optional[str] = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """`(num_images, channels, height, width)` -> `(num_images, num_image_tokens, text_hidden_size)`."""
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = (
+            self.config.vision_feature_select_strategy
+            if vision_feature_select_strategy is None
+            else vision_feature_select_strategy
+        )
+        if strategy not in ("default", "full"):
+            raise ValueError(f"vision_feature_select_strategy={strategy!r}: expected 'default' or 'full'.")
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        outputs = self.vision_tower(pixel_values, output_hidden_states=True, **kwargs)
+        layers = [layer] if isinstance(layer, int) else layer
+        # each (num_images, 1 + num_patches, vision_hidden) for CLIP; CLS first
+        selected = [outputs.hidden_states[i] for i in layers]
+        if strategy == "default":
+            selected = [hs[:, 1:] for hs in selected]
+        features = selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1)
+        return self.multi_modal_projector(features)
+
+    def _splice_image_features(
+        self,
+        input_ids: Optional[torch.LongTensor],
+        inputs_embeds: torch.FloatTensor,
+        image_features: torch.Tensor,
+    ) -> torch.FloatTensor:
+        """Write the visual tokens where `input_ids == image_token_id` (the LLaVA splice)."""
+        if input_ids is not None:
+            mask = input_ids == self.config.image_token_id  # (B, T)
+        else:
+            image_embed = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            mask = (inputs_embeds == image_embed).all(-1)
+        num_images, tokens_per_image = image_features.shape[:2]
+        found = int(mask.sum())
+        if found != num_images * tokens_per_image:
+            raise ValueError(
+                f"The prompt has {found} image tokens (id {self.config.image_token_id}), but {num_images} image(s) "
+                f"x {tokens_per_image} tokens per image = {num_images * tokens_per_image} were expected. Each image "
+                f"needs exactly one '<image>' in the text, expanded to {tokens_per_image} tokens (LlavaProcessor "
+                "does this); check that the number of images matches the number of '<image>' placeholders."
+            )
+        mask = mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
+        return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.device, inputs_embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        vision_feature_layer: Optional[Union[int, list[int]]] = None,
+        vision_feature_select_strategy: Optional[str] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        image_sizes: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> LlavaModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, H)
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(
+                pixel_values, vision_feature_layer, vision_feature_select_strategy
+            )
+            inputs_embeds = self._splice_image_features(input_ids, inputs_embeds, image_features)
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            cache_position=cache_position,
+            return_dict=True,
+            **kwargs,
+        )
+        return LlavaModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
+
+
+class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
+    """LLaVA: visual tokens from a (frozen) vision tower, projected and spliced into a causal LM."""
+
+    _checkpoint_conversion_mapping = {
+        "^language_model.model": "model.language_model",
+        "^vision_tower": "model.vision_tower",
+        "^multi_modal_projector": "model.multi_modal_projector",
+        "^language_model.lm_head": "lm_head",
+    }
+    _tied_weights_keys = ["lm_head.weight"]
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__(config)
+        self.model = LlavaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def set_decoder(self, decoder):
+        self.model.set_decoder(decoder)
+
+    def get_decoder(self):
+        return self.model.get_decoder()
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    @property
+    def vision_tower(self):
+        return self.model.vision_tower
+
+    @property
+    def multi_modal_projector(self):
+        return self.model.multi_modal_projector
+
+    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> torch.Tensor:
+        """`(num_images, C, H, W)` -> `(num_images, num_image_tokens, text_hidden_size)`."""
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        past_key_values: Optional[Cache] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        vision_feature_layer: Optional[Union[int, list[int]]] = None,
+        vision_feature_select_strategy: Optional[str] = None,
+        labels: Optional[torch.LongTensor] = None,
+        cache_position: Optional[torch.LongTensor] = None,
+        logits_to_keep: Union[int, torch.Tensor] = 0,
+        image_sizes: Optional[torch.Tensor] = None,
+        return_dict: Optional[bool] = None,
+        **kwargs,
+    ) -> LlavaCausalLMOutputWithPast:
+        """Args as transformers' llava. `labels` `(B, T)`: -100 is ignored; the shift happens inside."""
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            cache_position=cache_position,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        # Only the logits that are needed (the last one during generation).
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return LlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        past_key_values=None,
+        inputs_embeds=None,
+        pixel_values=None,
+        attention_mask=None,
+        cache_position=None,
+        logits_to_keep=None,
+        **kwargs,
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache_position=cache_position,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        # Images only on the prefill step: later steps feed one new token and reuse the KV cache.
+        if cache_position is None or cache_position[0] == 0:
+            model_inputs["pixel_values"] = pixel_values
+        else:
+            model_inputs.pop("pixel_values", None)
+        return model_inputs
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers, plus `AutoModelForVision2Seq` in the config's `auto_map` (one class, two Auto names)."""
+        if self._auto_class is not None:
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map["AutoModelForVision2Seq"] = f"modeling_llava.{type(self).__name__}"
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """Upload with an hf-llava model card (`hf_llava.push_to_hub`); pass `processor=` to add it."""
+        try:
+            from hf_llava.hub import push_to_hub
+        except ImportError:  # a trust_remote_code copy where hf-llava is not installed
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        return push_to_hub(repo_id, model=self, *args, **kwargs)
+
+    @classmethod
+    def from_vision_and_text(
+        cls,
+        vision_name_or_path: str,
+        text_name_or_path: str,
+        image_token: str = "<image>",
+        torch_dtype: Optional[torch.dtype] = None,
+        **config_kwargs,
+    ) -> "LlavaForConditionalGeneration":
+        """A fresh LLaVA from a pretrained vision tower and a pretrained causal LM (the start of stage 1).
+
+        The LM's tokenizer gets `image_token` (and a pad token when it has none), the embeddings are
+        resized to the new vocabulary and the projector is random. Use
+        `LlavaProcessor.from_vision_and_text` with the same paths for the matching processor.
+        """
+        vision_cfg = AutoConfig.from_pretrained(vision_name_or_path)
+        vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)  # CLIPConfig / SiglipConfig -> tower
+        text_model = AutoModelForCausalLM.from_pretrained(text_name_or_path, torch_dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path)
+        if image_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        config = LlavaConfig(
+            vision_config=vision_cfg.to_dict(),
+            text_config=text_model.config.to_dict(),
+            image_token_index=tokenizer.convert_tokens_to_ids(image_token),
+            **config_kwargs,
+        )
+        config.text_config.pad_token_id = tokenizer.pad_token_id
+        config.base_models = [vision_name_or_path, text_name_or_path]
+        # Build the shell on the meta device, then plug in the pretrained parts: no second copy of the LM.
+        with torch.device("meta"):
+            model = cls(config)
+        tower_cls = type(model.model.vision_tower)  # e.g. CLIPVisionModel; loads from a CLIPModel folder too
+        model.model.vision_tower = tower_cls.from_pretrained(vision_name_or_path, torch_dtype=torch_dtype)
+        model.model.language_model = text_model.get_decoder()
+        model.lm_head = text_model.get_output_embeddings()
+        model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(text_model.dtype)
+        model.model.multi_modal_projector.apply(model._init_weights)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        return model
+
+
+__all__ = [
+    "LlavaCausalLMOutputWithPast",
+    "LlavaForConditionalGeneration",
+    "LlavaModel",
+    "LlavaModelOutputWithPast",
+    "LlavaMultiModalProjector",
+    "LlavaPreTrainedModel",
+]

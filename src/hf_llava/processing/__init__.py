@@ -1,0 +1,15 @@
+"""Processing: image loading, the LLaVA chat templates and `LlavaProcessor`."""
+
+from .chat_templates import ASSISTANT_END, CHAT_TEMPLATES, get_chat_template
+from .image_loading import load_image, load_images
+from .processing_llava import LlavaProcessor, add_llava_tokens
+
+__all__ = [
+    "ASSISTANT_END",
+    "CHAT_TEMPLATES",
+    "LlavaProcessor",
+    "add_llava_tokens",
+    "get_chat_template",
+    "load_image",
+    "load_images",
+]

@@ -1,0 +1,83 @@
+"""Turning what users pass as images (PIL in any mode, numpy, tensors, paths, file URLs) into RGB inputs.
+
+Errors name the image (its path, or its position in the batch) and what was wrong with it.
+"""
+
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+def _describe(image: Any, index: int) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return f"image {index} ({os.fspath(image)!r})"
+    return f"image {index} ({type(image).__name__})"
+
+
+def load_image(image: Any, index: int = 0) -> Any:
+    """One image -> an RGB `PIL.Image`, or the array / tensor itself after checks.
+
+    Accepts `PIL.Image` (RGBA, LA, P, L, CMYK... are converted to RGB; transparency over white), a path,
+    a `file://` URL, a numpy array or a torch tensor (HWC or CHW). Zero-sized, unreadable or corrupt
+    images raise `ValueError` naming the image.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if path.startswith("file://"):
+            path = path[len("file://"):]
+        elif "://" in path:
+            raise ValueError(
+                f"{_describe(image, index)}: only local files can be read (no network); download it and pass the path."
+            )
+        if not os.path.isfile(path):
+            raise ValueError(f"{_describe(image, index)}: no such file.")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy()
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise ValueError(f"{_describe(path, index)}: not a readable image ({err}).") from err
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"{_describe(image, index)}: zero-sized image ({image.width}x{image.height}).")
+        if image.mode == "RGB":
+            return image
+        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    if hasattr(image, "shape"):  # numpy array or torch tensor
+        shape = tuple(image.shape)
+        if len(shape) not in (2, 3) or 0 in shape:
+            raise ValueError(
+                f"{_describe(image, index)}: expected an (H, W), (H, W, C) or (C, H, W) array, got shape {shape}."
+            )
+        if len(shape) == 2:  # grayscale -> RGB
+            array = np.asarray(image)
+            return np.stack([array] * 3, axis=-1)
+        return image
+    raise ValueError(
+        f"{_describe(image, index)}: unsupported image type; pass a PIL.Image, a numpy array, a torch tensor "
+        "or a path to an image file."
+    )
+
+
+def load_images(images: Any) -> list:
+    """A single image or a (nested) list of images -> a flat list of loaded images, in order."""
+    if images is None:
+        return []
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    flat = []
+    for item in images:
+        if isinstance(item, (list, tuple)):
+            flat.extend(item)
+        else:
+            flat.append(item)
+    return [load_image(image, i) for i, image in enumerate(flat)]
+
+
+__all__ = ["load_image", "load_images"]

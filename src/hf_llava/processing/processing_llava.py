@@ -1,0 +1,271 @@
+"""`LlavaProcessor`: image processor + tokenizer + LLaVA chat template.
+
+Provenance: mirrors transformers 4.57 `models/llava/processing_llava.py` (same arguments, same
+`input_ids` for the same tokenizer and template) and adds: image loading with named errors, the LLaVA
+chat templates, truncation that never cuts through image tokens, and `from_vision_and_text`.
+
+This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
+"""
+
+import json
+import os
+from typing import Optional, Union
+
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaImageProcessor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+
+from .chat_templates import CHAT_TEMPLATES, get_chat_template
+from .image_loading import load_images
+
+_TOWERS_WITH_CLS = ("clip_vision_model", "clip", "chinese_clip_vision_model", "metaclip_2_vision_model")
+
+
+class LlavaProcessorKwargs(ProcessingKwargs, total=False):
+    _defaults = {"text_kwargs": {"padding": False}, "images_kwargs": {}}
+
+
+def add_llava_tokens(tokenizer, image_token: str = "<image>") -> int:
+    """Adds `image_token` (and a `<pad>` token when the tokenizer has none); returns the image token id."""
+    if image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    return tokenizer.convert_tokens_to_ids(image_token)
+
+
+class LlavaProcessor(ProcessorMixin):
+    r"""Image processor + tokenizer for [`LlavaForConditionalGeneration`].
+
+    Each `<image>` in the text expands to exactly the number of visual tokens the model produces:
+    `(height // patch_size) * (width // patch_size) + num_additional_image_tokens`, minus 1 for the
+    `default` strategy (which drops CLS).
+
+    Args:
+        image_processor: a transformers image processor (`LlavaImageProcessor` with `do_pad=True` is
+            LLaVA-1.5's pad-to-square with the mean colour; `CLIPImageProcessor` is LLaVA v1's crop).
+        tokenizer: the LM's tokenizer, with `image_token` in its vocabulary.
+        patch_size (`int`): the vision tower's patch size.
+        vision_feature_select_strategy (`str`): as in the model config (`default` or `full`).
+        chat_template (`str`): Jinja source or a name from `CHAT_TEMPLATES` (default `vicuna_v1`).
+        image_token (`str`, defaults to `"<image>"`).
+        num_additional_image_tokens (`int`, defaults to 0): tokens the tower adds to the patches
+            (1 for CLIP's CLS, 0 for SigLIP).
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        patch_size: Optional[int] = None,
+        vision_feature_select_strategy: Optional[str] = None,
+        chat_template: Optional[str] = None,
+        image_token: str = "<image>",
+        num_additional_image_tokens: int = 0,
+        **kwargs,
+    ):
+        if tokenizer is None:
+            raise ValueError("LlavaProcessor needs a tokenizer.")
+        if chat_template is None:
+            chat_template = CHAT_TEMPLATES["vicuna_v1"]
+        elif chat_template in CHAT_TEMPLATES:
+            chat_template = CHAT_TEMPLATES[chat_template]
+        self.patch_size = patch_size
+        self.num_additional_image_tokens = num_additional_image_tokens
+        self.vision_feature_select_strategy = vision_feature_select_strategy
+        self.image_token = getattr(tokenizer, "image_token", None) or image_token
+        if self.image_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"The tokenizer has no {self.image_token!r} token; add it with "
+                "`hf_llava.processing.add_llava_tokens(tokenizer)` (and resize the model's embeddings)."
+            )
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """Visual tokens for one processed image of `height` x `width` pixels."""
+        if self.patch_size is None:
+            raise ValueError("LlavaProcessor.patch_size is not set; pass the vision tower's patch size.")
+        tokens = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
+        if self.vision_feature_select_strategy == "default":
+            tokens -= 1
+        return tokens
+
+    def __call__(
+        self,
+        images=None,
+        text: Union[str, list[str], None] = None,
+        audio=None,
+        videos=None,
+        **kwargs: Unpack[LlavaProcessorKwargs],
+    ) -> BatchFeature:
+        """Images and/or text -> `input_ids`, `attention_mask` and `pixel_values` `(num_images, 3, H, W)`.
+
+        `truncation=True` with `max_length` raises when it would cut image tokens;
+        `truncation="text_only"` removes text tokens (from the tokenizer's truncation side) and keeps
+        every image token.
+        """
+        if images is None and text is None:
+            raise ValueError("LlavaProcessor needs `images`, `text` or both.")
+        truncation = kwargs.pop("truncation", None)
+        max_length = kwargs.pop("max_length", None)
+        output_kwargs = self._merge_kwargs(LlavaProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        image_inputs = {}
+        if images is not None:
+            image_inputs = self.image_processor(load_images(images), **output_kwargs["images_kwargs"])
+        if text is None:
+            return BatchFeature(data=dict(image_inputs), tensor_type=output_kwargs["common_kwargs"].get("return_tensors"))
+        if isinstance(text, str):
+            text = [text]
+        elif not (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
+            raise TypeError("`text` must be a string or a list of strings.")
+
+        num_images = len(image_inputs["pixel_values"]) if "pixel_values" in image_inputs else 0
+        num_placeholders = sum(t.count(self.image_token) for t in text)
+        if num_images and num_placeholders != num_images:
+            raise ValueError(
+                f"The text has {num_placeholders} {self.image_token!r} placeholder(s) but {num_images} image(s) "
+                "were given; put one placeholder per image (apply_chat_template does this for image parts)."
+            )
+        prompts = list(text)
+        if num_images:
+            height, width = image_inputs["pixel_values"][0].shape[-2:]
+            expanded = self.image_token * self.num_image_tokens(height, width)
+            prompts = [t.replace(self.image_token, expanded) for t in text]
+
+        text_kwargs = output_kwargs["text_kwargs"]
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        if truncation and max_length is not None:
+            text_inputs = self._tokenize_truncated(prompts, truncation, max_length, text_kwargs)
+        else:
+            if truncation is not None:
+                text_kwargs["truncation"] = truncation
+            if max_length is not None:
+                text_kwargs["max_length"] = max_length
+            text_inputs = self.tokenizer(prompts, **text_kwargs, return_tensors=None)
+        self._check_special_mm_tokens(prompts, text_inputs, modalities=["image"])
+        return BatchFeature(data={**text_inputs, **image_inputs}, tensor_type=return_tensors)
+
+    def _tokenize_truncated(self, prompts: list[str], truncation, max_length: int, text_kwargs: dict) -> dict:
+        """Tokenize, then truncate each sequence to `max_length` without ever cutting an image token."""
+        padding = text_kwargs.pop("padding", False)
+        encoded = self.tokenizer(prompts, **{**text_kwargs, "padding": False, "truncation": False})
+        left = self.tokenizer.truncation_side == "left"
+        rows = []
+        for i, ids in enumerate(encoded["input_ids"]):
+            excess = len(ids) - max_length
+            n_image = sum(1 for t in ids if t == self.image_token_id)
+            if excess <= 0:
+                rows.append(list(ids))
+                continue
+            if truncation == "text_only":
+                if n_image > max_length:
+                    raise ValueError(
+                        f"Sample {i}: its {n_image} image tokens alone exceed max_length={max_length}; "
+                        "raise max_length or pass fewer images."
+                    )
+                order = range(len(ids)) if left else range(len(ids) - 1, -1, -1)
+                drop = set()
+                for j in order:
+                    if len(drop) == excess:
+                        break
+                    if ids[j] != self.image_token_id:
+                        drop.add(j)
+                rows.append([t for j, t in enumerate(ids) if j not in drop])
+                continue
+            kept = ids[excess:] if left else ids[:max_length]
+            if sum(1 for t in kept if t == self.image_token_id) != n_image:
+                raise ValueError(
+                    f"Sample {i} has {len(ids)} tokens ({n_image} of them image tokens); truncating it to "
+                    f"max_length={max_length} would cut through its image tokens. Raise max_length, shorten "
+                    "the text, or pass truncation='text_only' to drop text tokens only."
+                )
+            rows.append(list(kept))
+        features = {"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]}
+        if padding:
+            features = self.tokenizer.pad(features, padding=padding, max_length=max_length)
+        return dict(features)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return list(dict.fromkeys(self.tokenizer.model_input_names + self.image_processor.model_input_names))
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Save as transformers does, minus the `processor_class` fields.
+
+        transformers resolves `processor_class` by name, and `"LlavaProcessor"` names its own class;
+        without the field, `AutoProcessor` goes through the config's `model_type` (`hf_llava`) to ours.
+        """
+        if push_to_hub:
+            raise ValueError("Use `processor.push_to_hub(repo_id)` or `hf_llava.push_to_hub(...)` to upload.")
+        files = super().save_pretrained(save_directory, **kwargs)
+        for name in ("tokenizer_config.json", "preprocessor_config.json", "processor_config.json"):
+            path = os.path.join(save_directory, name)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+                if data.pop("processor_class", None) is not None:
+                    with open(path, "w", encoding="utf-8") as f:
+                        json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
+                        f.write("\n")
+        for attribute in (self.tokenizer, self.image_processor):
+            if hasattr(attribute, "_processor_class"):
+                attribute._processor_class = None
+        return files
+
+    def push_to_hub(self, repo_id: str, *args, **kwargs):
+        """Upload the processor files (`hf_llava.push_to_hub`; pass `model=` too to add the model and its card)."""
+        try:
+            from hf_llava.hub import push_to_hub
+        except ImportError:  # a trust_remote_code copy where hf-llava is not installed
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        return push_to_hub(repo_id, processor=self, *args, **kwargs)
+
+    @classmethod
+    def from_vision_and_text(
+        cls,
+        vision_name_or_path: str,
+        text_name_or_path: str,
+        chat_template: str = "vicuna_v1",
+        image_aspect_ratio: str = "pad",
+        vision_feature_select_strategy: str = "default",
+        image_token: str = "<image>",
+    ) -> "LlavaProcessor":
+        """The processor matching `LlavaForConditionalGeneration.from_vision_and_text` on the same paths.
+
+        `image_aspect_ratio="pad"` pads to a square with the mean colour before resizing (LLaVA-1.5);
+        `"square"` keeps the tower's own resize and centre crop (LLaVA v1).
+        """
+        vision_cfg = AutoConfig.from_pretrained(vision_name_or_path)
+        vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)
+        image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path, use_fast=False)
+        if image_aspect_ratio == "pad":
+            settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}
+            settings.pop("image_processor_type", None)
+            image_processor = LlavaImageProcessor(**{**settings, "do_pad": True})
+        elif image_aspect_ratio != "square":
+            raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected 'pad' or 'square'.")
+        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path)
+        add_llava_tokens(tokenizer, image_token)
+        return cls(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            patch_size=vision_cfg.patch_size,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            chat_template=get_chat_template(chat_template) if chat_template in CHAT_TEMPLATES else chat_template,
+            image_token=image_token,
+            num_additional_image_tokens=1 if vision_cfg.model_type in _TOWERS_WITH_CLS else 0,
+        )
+
+
+__all__ = ["LlavaProcessor", "add_llava_tokens"]
