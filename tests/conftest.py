@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny LLaVA models built from configs, a tokenizer trained on the spot, all offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import hf_llava  # noqa: E402,F401  (registers the Auto classes)
+from hf_llava import tiny  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A byte-level BPE tokenizer trained with `tokenizers`, with `<s>`, `</s>`, `<pad>` and `<image>`."""
+    return tiny.build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tokenizer):
+    """CLIP tower (30px images, 6px patches -> 25 visual tokens) + 2-layer Llama, mlp2x_gelu projector."""
+    return tiny.build_config(tokenizer)
+
+
+@pytest.fixture()
+def tiny_model(tiny_config):
+    torch.manual_seed(0)
+    return hf_llava.LlavaForConditionalGeneration(tiny_config).eval()
+
+
+@pytest.fixture()
+def tiny_processor(tokenizer, tiny_config):
+    return tiny.build_processor(tokenizer, tiny_config)
+
+
+@pytest.fixture()
+def saved_llava(tmp_path, tiny_model, tiny_processor):
+    """A folder with a saved tiny model and processor, as `save_pretrained` writes it."""
+    path = tmp_path / "tiny-llava"
+    tiny_model.save_pretrained(path)
+    tiny_processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Two synthetic pictures of different sizes and aspect ratios."""
+    return [tiny.demo_image(64, seed=0), tiny.demo_image(40, seed=1).rotate(90, expand=True)]
