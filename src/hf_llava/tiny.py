@@ -30,12 +30,15 @@ Answer the questions. yes no left right top bottom large small one two three fou
 """
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with Llama's special tokens and `<image>`, trained on a small corpus."""
+def build_tokenizer(vocab_size: int = 512, llava_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with Llama's special tokens, trained on a small corpus.
+
+    With `llava_tokens` it also has `<pad>` and `<image>`; without, it is like a plain Llama tokenizer.
+    """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    specials = ["<unk>", "<s>", "</s>"] + (["<pad>"] if llava_tokens else [])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
@@ -44,11 +47,11 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-        padding_side="left", additional_special_tokens=["<image>"], model_input_names=["input_ids", "attention_mask"],
+    extra = {"pad_token": "<pad>", "additional_special_tokens": ["<image>"]} if llava_tokens else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", padding_side="left",
+        model_input_names=["input_ids", "attention_mask"], **extra,
     )
-    return tokenizer
 
 
 def build_config(

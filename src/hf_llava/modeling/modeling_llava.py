@@ -391,7 +391,6 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             image_token_index=tokenizer.convert_tokens_to_ids(image_token),
             **config_kwargs,
         )
-        config.text_config.pad_token_id = tokenizer.pad_token_id
         config.base_models = [vision_name_or_path, text_name_or_path]
         # Build the shell on the meta device, then plug in the pretrained parts: no second copy of the LM.
         with torch.device("meta"):
@@ -402,6 +401,10 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         model.lm_head = text_model.get_output_embeddings()
         model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(text_model.dtype)
         model.model.multi_modal_projector.apply(model._init_weights)
+        # One config object per part, shared by the LLaVA config and the module using it.
+        config.vision_config = model.model.vision_tower.config
+        config.text_config = model.model.language_model.config
+        config.text_config.pad_token_id = tokenizer.pad_token_id
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
         return model
 

@@ -1,0 +1,168 @@
+"""Auto classes, pipeline, trust_remote_code loading, Hub cache layout, push_to_hub, from_vision_and_text."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import huggingface_hub
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoModelForVision2Seq,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPImageProcessor,
+    LlamaConfig,
+    LlamaForCausalLM,
+    pipeline,
+)
+
+import hf_llava
+from hf_llava import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from hf_llava.tiny import build_tokenizer, demo_image
+
+
+def test_auto_classes_resolve_to_ours(saved_llava, tiny_model):
+    assert type(AutoConfig.from_pretrained(saved_llava)) is LlavaConfig
+    for auto in (AutoModelForVision2Seq, AutoModelForImageTextToText):
+        model = auto.from_pretrained(saved_llava)
+        assert type(model) is LlavaForConditionalGeneration
+        for name, tensor in tiny_model.state_dict().items():
+            assert torch.equal(model.state_dict()[name], tensor), name
+    assert type(AutoProcessor.from_pretrained(saved_llava)) is LlavaProcessor
+
+
+def test_saved_folder_declares_remote_code(saved_llava):
+    config = json.loads((saved_llava / "config.json").read_text())
+    assert config["model_type"] == "hf_llava"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_llava.LlavaConfig",
+        "AutoModelForImageTextToText": "modeling_llava.LlavaForConditionalGeneration",
+        "AutoModelForVision2Seq": "modeling_llava.LlavaForConditionalGeneration",
+    }
+    for name in ("configuration_llava.py", "modeling_llava.py", "processing_llava.py", "chat_templates.py"):
+        assert (saved_llava / name).is_file(), name
+    for name in ("tokenizer_config.json", "preprocessor_config.json", "processor_config.json"):
+        assert "processor_class" not in json.loads((saved_llava / name).read_text()), name
+
+
+def test_pipeline_image_text_to_text(saved_llava, tiny_model, tiny_processor):
+    pipe = pipeline("image-text-to-text", model=str(saved_llava))
+    assert type(pipe.model) is LlavaForConditionalGeneration
+    messages = [{"role": "user", "content": [{"type": "image", "image": demo_image()},
+                                             {"type": "text", "text": "What is shown?"}]}]
+    result = pipe(text=messages, max_new_tokens=6, do_sample=False, return_full_text=False)
+    # the same greedy answer as calling the model directly
+    prompt = tiny_processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = tiny_processor(images=demo_image(), text=prompt, return_tensors="pt")
+    direct = tiny_model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    expected = tiny_processor.decode(direct[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert result[0]["generated_text"] == expected
+
+
+REMOTE_CODE_SCRIPT = """
+import sys, torch
+from transformers import AutoModelForImageTextToText, AutoModelForVision2Seq, AutoProcessor
+path = sys.argv[1]
+model = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
+assert type(AutoModelForVision2Seq.from_pretrained(path, trust_remote_code=True)).__name__ == "LlavaForConditionalGeneration"
+processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+assert "hf_llava" not in sys.modules, "hf_llava was imported"
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+inputs = processor(text="USER: hi ASSISTANT:", return_tensors="pt")
+print(model.generate(**inputs, max_new_tokens=5, do_sample=False)[0].tolist())
+"""
+
+
+def test_trust_remote_code_in_a_fresh_python(saved_llava, tiny_model, tiny_processor, tmp_path):
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", REMOTE_CODE_SCRIPT, str(saved_llava)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    inputs = tiny_processor(text="USER: hi ASSISTANT:", return_tensors="pt")
+    expected = tiny_model.generate(**inputs, max_new_tokens=5, do_sample=False)[0].tolist()
+    assert done.stdout.strip().splitlines()[-1] == str(expected)
+
+
+def fake_hub(monkeypatch, root):
+    """Replace the Hub's network calls with a local folder store, laid out as the Hub cache."""
+    def create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        snapshot = root / f"models--{repo_id.replace('/', '--')}"
+        revision = "0" * 40
+        shutil.copytree(folder_path, snapshot / "snapshots" / revision)
+        (snapshot / "refs").mkdir(parents=True)
+        (snapshot / "refs" / "main").write_text(revision)
+        return revision
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+
+
+def test_push_to_hub_writes_a_model_card_and_loads_offline_from_the_cache(
+        tmp_path, monkeypatch, tiny_model, tiny_processor):
+    cache = tmp_path / "hub"
+    fake_hub(monkeypatch, cache)
+    tiny_model.push_to_hub("someone/tiny-llava", processor=tiny_processor, base_models=["openai/clip", "lmsys/vicuna"])
+    snapshot = cache / "models--someone--tiny-llava" / "snapshots" / ("0" * 40)
+    card = huggingface_hub.ModelCard.load(snapshot / "README.md")
+    assert card.data.pipeline_tag == "image-text-to-text"
+    assert card.data.library_name == "transformers"
+    assert card.data.base_model == ["openai/clip", "lmsys/vicuna"]
+    assert "hf-llava" in card.data.tags
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = AutoModelForImageTextToText.from_pretrained("someone/tiny-llava", cache_dir=cache)
+    processor = AutoProcessor.from_pretrained("someone/tiny-llava", cache_dir=cache)
+    assert type(model) is LlavaForConditionalGeneration and type(processor) is LlavaProcessor
+    assert torch.equal(model.lm_head.weight, tiny_model.lm_head.weight)
+
+
+@pytest.fixture()
+def pretrained_parts(tmp_path):
+    """A CLIP checkpoint (full CLIPModel) and a Llama causal-LM checkpoint with its tokenizer, on disk."""
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "vocab_size": 99},
+        projection_dim=16))
+    clip.save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(
+        tmp_path / "clip")
+    tokenizer = build_tokenizer(llava_tokens=False)  # like Llama's: no <image>, no pad token
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    return tmp_path / "clip", tmp_path / "llama", clip, llama
+
+
+def test_from_vision_and_text(pretrained_parts):
+    clip_path, llama_path, clip, llama = pretrained_parts
+    model = LlavaForConditionalGeneration.from_vision_and_text(str(clip_path), str(llama_path))
+    processor = LlavaProcessor.from_vision_and_text(str(clip_path), str(llama_path))
+    tokenizer = AutoTokenizer.from_pretrained(llama_path)
+    assert model.config.image_token_id == processor.image_token_id
+    assert processor.tokenizer.pad_token is not None
+    assert model.get_input_embeddings().weight.shape[0] == len(processor.tokenizer) == len(tokenizer) + 2
+    for name, tensor in clip.vision_model.state_dict().items():
+        assert torch.equal(model.vision_tower.vision_model.state_dict()[name], tensor), name
+    n = len(tokenizer)
+    assert torch.equal(model.get_input_embeddings().weight[:n], llama.model.embed_tokens.weight)
+    assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, llama.model.layers[0].mlp.up_proj.weight)
+    assert model.config.base_models == [str(clip_path), str(llama_path)]
+    assert not any(p.is_meta for p in model.parameters())
+    inputs = processor(images=demo_image(), text="USER: <image>\nWhat? ASSISTANT:", return_tensors="pt")
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == model.config.image_seq_length == 4
+    assert inputs["pixel_values"].shape == (1, 3, 28, 28)
+    assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2

@@ -1,0 +1,56 @@
+"""Projector types and backbones: any vision tower / causal LM that the Auto classes know."""
+
+import pytest
+import torch
+
+from hf_llava import LlavaForConditionalGeneration
+from hf_llava.tiny import build_config
+
+
+@pytest.mark.parametrize(
+    "projector_type, names",
+    [
+        ("linear", {"linear_1.weight", "linear_1.bias"}),
+        ("mlp2x_gelu", {"linear_1.weight", "linear_1.bias", "linear_2.weight", "linear_2.bias"}),
+        ("mlp3x_gelu", {f"linear_{i}.{p}" for i in (1, 2, 3) for p in ("weight", "bias")}),
+    ],
+)
+def test_projector_layouts(tokenizer, projector_type, names):
+    config = build_config(tokenizer, projector_type=projector_type)
+    model = LlavaForConditionalGeneration(config)
+    assert set(model.multi_modal_projector.state_dict()) == names
+    pixel_values = torch.randn(2, 3, 30, 30)
+    assert model.get_image_features(pixel_values).shape == (2, 25, 64)
+
+
+def test_identity_projector_passes_features_through(tokenizer):
+    config = build_config(tokenizer, projector_type="identity", vision_hidden_size=64)
+    model = LlavaForConditionalGeneration(config).eval()
+    assert len(model.multi_modal_projector.state_dict()) == 0
+    pixel_values = torch.randn(1, 3, 30, 30)
+    with torch.no_grad():
+        hidden = model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+        assert torch.equal(model.get_image_features(pixel_values), hidden)
+
+
+@pytest.mark.parametrize("text_model_type", ["llama", "mistral", "qwen2"])
+def test_language_models(tokenizer, tiny_processor, images, text_model_type):
+    config = build_config(tokenizer, text_model_type=text_model_type)
+    model = LlavaForConditionalGeneration(config).eval()
+    assert model.language_model.config.model_type == text_model_type
+    inputs = tiny_processor(images=images[:1], text="USER: <image>\nWhat? ASSISTANT:", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, inputs["input_ids"].shape[1] + 3)
+
+
+def test_siglip_tower_with_full_strategy(tokenizer):
+    config = build_config(tokenizer, vision_feature_select_strategy="full")
+    siglip = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 30, "patch_size": 6}
+    settings = {**config.to_dict(), "vision_config": siglip}
+    settings.pop("image_seq_length")  # derived from the new tower
+    config = config.__class__.from_dict(settings)
+    model = LlavaForConditionalGeneration(config).eval()
+    assert type(model.vision_tower).__name__ == "SiglipVisionModel"
+    assert config.image_seq_length == 25  # no CLS in SigLIP
+    assert model.get_image_features(torch.randn(1, 3, 30, 30)).shape == (1, 25, 64)
