@@ -40,7 +40,8 @@ def build_tokenizer(vocab_size: int = 512, llava_tokens: bool = True) -> PreTrai
     tok.decoder = decoders.ByteLevel()
     specials = ["<unk>", "<s>", "</s>"] + (["<pad>"] if llava_tokens else [])
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator([line for line in _CORPUS.splitlines() if line] * 4, trainer=trainer)
     bos = tok.token_to_id("<s>")

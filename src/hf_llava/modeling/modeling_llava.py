@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
+from transformers.utils import can_return_tuple
 
 from .configuration_llava import LlavaConfig, projector_depth
 
@@ -177,6 +178,7 @@ class LlavaModel(LlavaPreTrainedModel):
         mask = mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.device, inputs_embeds.dtype))
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -189,7 +191,6 @@ class LlavaModel(LlavaPreTrainedModel):
         vision_feature_select_strategy: Optional[str] = None,
         cache_position: Optional[torch.LongTensor] = None,
         image_sizes: Optional[torch.Tensor] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> LlavaModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -271,6 +272,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         """`(num_images, C, H, W)` -> `(num_images, num_image_tokens, text_hidden_size)`."""
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: Optional[torch.LongTensor] = None,
@@ -285,7 +287,6 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         cache_position: Optional[torch.LongTensor] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
         image_sizes: Optional[torch.Tensor] = None,
-        return_dict: Optional[bool] = None,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
         """Args as transformers' llava. `labels` `(B, T)`: -100 is ignored; the shift happens inside."""
