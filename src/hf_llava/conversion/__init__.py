@@ -1,0 +1,17 @@
+"""Checkpoint conversion: original LLaVA (haotian-liu/LLaVA) -> hf-llava, llava-hf <-> hf-llava.
+
+Every conversion accounts for every key (an unused source key or an unfilled target parameter is a
+`ConversionError` naming them), writes safetensors shards one at a time, and builds DST in a temporary
+folder beside it that is moved into place only when the conversion succeeded.
+"""
+
+from .common import ConversionError
+from .llava_hf import convert_hf_llava_to_llava_hf, convert_llava_hf_to_hf_llava
+from .original import convert_original_to_hf_llava
+
+__all__ = [
+    "ConversionError",
+    "convert_hf_llava_to_llava_hf",
+    "convert_llava_hf_to_hf_llava",
+    "convert_original_to_hf_llava",
+]

@@ -1,0 +1,164 @@
+"""llava-hf (transformers' `LlavaForConditionalGeneration`, `model_type="llava"`) <-> hf-llava, lossless.
+
+Parameter names are the same on both sides (transformers 4.57's layout), so a conversion is a config
+mapping plus a shard-by-shard copy of bit-identical tensors. Either on-disk layout is read (the one
+4.57's `save_pretrained` writes, `language_model.model.*`, `language_model.lm_head.*`, `vision_tower.*`,
+`multi_modal_projector.*`, or the in-memory names `model.language_model.*`...); the former is written.
+The processor (tokenizer files, image processor, patch size, strategy, chat template) is carried over.
+Only the `mlp2x_gelu` projector exists in transformers: others are refused.
+Also home of `save_hf_llava_config`, which writes an hf-llava folder's config files.
+"""
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+import transformers
+from transformers import GenerationConfig
+from transformers.dynamic_module_utils import custom_object_save
+
+from ..modeling import LlavaConfig, LlavaForConditionalGeneration
+from ..processing import CHAT_TEMPLATES, LlavaProcessor
+from .common import (
+    ConversionError,
+    PathLike,
+    atomic_output,
+    expected_state,
+    file_sources,
+    loaded_name,
+    read_json,
+    strip_json_fields,
+    weight_files,
+    write_converted,
+)
+
+_OUR_ONLY_FIELDS = ("projector_type", "image_aspect_ratio", "auto_map")
+
+
+def save_hf_llava_config(
+    config: LlavaConfig, folder: PathLike, generation_config: Optional[GenerationConfig] = None
+) -> None:
+    """Write `config.json`, `generation_config.json` and (with `auto_map`) the module files, as
+    `save_pretrained` does."""
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    config.architectures = [type(model).__name__]
+    if model._auto_class is not None:  # hf_llava registers it: trust_remote_code copies, like save_pretrained
+        custom_object_save(model, folder, config=config)
+        config.auto_map = {**config.auto_map, "AutoModelForVision2Seq": f"modeling_llava.{type(model).__name__}"}
+    config.save_pretrained(folder)
+    (generation_config or GenerationConfig.from_model_config(config)).save_pretrained(folder)
+
+
+def _generation_config(src: Path) -> Optional[GenerationConfig]:
+    return GenerationConfig.from_pretrained(src) if (src / "generation_config.json").is_file() else None
+
+
+def _map_key(expected: dict):
+    """Either layout on disk (see `SAVED_LAYOUT`) -> the parameter name; None for a key the model lacks."""
+    return lambda key: loaded_name(key) if loaded_name(key) in expected else None
+
+
+def convert_llava_hf_to_hf_llava(
+    src: PathLike,
+    dst: PathLike,
+    chat_template: Optional[str] = None,
+    max_shard_size: Union[int, str] = "5GB",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """A llava-hf folder (e.g. `llava-hf/llava-1.5-7b-hf`, downloaded) -> an hf-llava folder at `dst`.
+
+    Tensors are copied bit for bit; `chat_template` (a name from `CHAT_TEMPLATES` or Jinja) replaces the
+    source's template, which is kept otherwise (`vicuna_v1` when the source has none).
+    """
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise ConversionError(f"{src}: no config.json; pass a llava-hf model folder.")
+    raw = read_json(src / "config.json")
+    if raw.get("model_type") != "llava":
+        raise ConversionError(
+            f"{src}/config.json has model_type={raw.get('model_type')!r}; --from llava-hf expects 'llava' "
+            "(use --from original for haotian-liu/LLaVA checkpoints, or the folder is already hf-llava)."
+        )
+    processor = transformers.AutoProcessor.from_pretrained(src)
+    image_processor = processor.image_processor
+    dropped = ("model_type", "architectures", "transformers_version", "auto_map")
+    fields = {k: v for k, v in raw.items() if k not in dropped}
+    # transformers writes 576 whatever the tower; ours derives it from the tower and checks it.
+    fields.pop("image_seq_length", None)
+    fields["projector_type"] = "mlp2x_gelu"
+    fields["image_aspect_ratio"] = "pad" if getattr(image_processor, "do_pad", False) else "square"
+    config = LlavaConfig(**fields)
+
+    template = chat_template or processor.chat_template or "vicuna_v1"
+    ours = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=processor.tokenizer,
+        patch_size=processor.patch_size or config.vision_config.patch_size,
+        vision_feature_select_strategy=(
+            processor.vision_feature_select_strategy or config.vision_feature_select_strategy
+        ),
+        chat_template=CHAT_TEMPLATES.get(template, template),
+        image_token=processor.image_token,
+        num_additional_image_tokens=getattr(processor, "num_additional_image_tokens", None)
+        or config.num_additional_image_tokens,
+    )
+    expected = expected_state(LlavaForConditionalGeneration, config)
+    with atomic_output(dst, overwrite) as tmp:
+        write_converted(
+            file_sources(weight_files(src), _map_key(expected)), expected, tmp, src, max_shard_size,
+            progress=progress,
+        )
+        save_hf_llava_config(config, tmp, _generation_config(src))
+        ours.save_pretrained(tmp)
+    return Path(dst)
+
+
+def convert_hf_llava_to_llava_hf(
+    src: PathLike,
+    dst: PathLike,
+    max_shard_size: Union[int, str] = "5GB",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """An hf-llava folder -> a llava-hf folder that stock transformers loads
+    (`LlavaForConditionalGeneration` / `AutoProcessor` -> transformers' `LlavaProcessor`); no remote code."""
+    src = Path(src)
+    raw = read_json(src / "config.json") if (src / "config.json").is_file() else {}
+    if raw.get("model_type") != LlavaConfig.model_type:
+        raise ConversionError(f"{src}: expected an hf-llava folder (config.json with model_type 'hf_llava').")
+    config = LlavaConfig.from_pretrained(src)
+    if config.projector_type != "mlp2x_gelu":
+        raise ConversionError(
+            f"{src} has projector_type={config.projector_type!r}; transformers' llava has only the 'mlp2x_gelu' "
+            "projector (linear_1, GELU, linear_2), so this model has no llava-hf equivalent. Keep it in hf-llava "
+            "format (it loads with trust_remote_code=True) or retrain with projector_type='mlp2x_gelu'."
+        )
+    dropped = (*_OUR_ONLY_FIELDS, "model_type", "transformers_version")
+    fields = {k: v for k, v in config.to_dict().items() if k not in dropped}
+    fields["architectures"] = ["LlavaForConditionalGeneration"]
+    target_config = transformers.LlavaConfig(**fields)
+
+    ours = LlavaProcessor.from_pretrained(src)
+    processor = transformers.LlavaProcessor(
+        image_processor=ours.image_processor,
+        tokenizer=ours.tokenizer,
+        patch_size=ours.patch_size,
+        vision_feature_select_strategy=ours.vision_feature_select_strategy,
+        chat_template=ours.chat_template,
+        image_token=ours.image_token,
+        num_additional_image_tokens=ours.num_additional_image_tokens,
+    )
+    expected = expected_state(transformers.LlavaForConditionalGeneration, target_config)
+    with atomic_output(dst, overwrite) as tmp:
+        write_converted(
+            file_sources(weight_files(src), _map_key(expected)), expected, tmp, src, max_shard_size,
+            progress=progress,
+        )
+        target_config.save_pretrained(tmp)
+        (_generation_config(src) or GenerationConfig.from_model_config(target_config)).save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        # Our classes registered `auto_map` on the tokenizer / image processor: stock transformers must not see it.
+        strip_json_fields(tmp, ("auto_map",))
+    return Path(dst)

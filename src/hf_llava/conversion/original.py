@@ -1,0 +1,292 @@
+"""Original LLaVA (haotian-liu/LLaVA, `LlavaLlamaForCausalLM`) checkpoints -> hf-llava folders.
+
+Three source kinds, told apart by the files in SRC:
+- full model: `config.json` (Llama fields + `mm_*`) and weights (`model.embed_tokens`, `model.layers.*`,
+  `model.norm`, `lm_head`, `model.mm_projector.*`, optionally `model.vision_tower.vision_tower.*`);
+- stage-1 projector: `mm_projector.bin` (SRC itself or inside SRC), on top of `model_base`;
+- LoRA: `adapter_config.json` + `adapter_model.safetensors|.bin` (+ `non_lora_trainables.bin` with the
+  projector), merged onto `model_base` with PEFT (`set_peft_model_state_dict` + `merge_and_unload`; the
+  adapter's `base_model.model.model.layers.*` names are exactly those of a PEFT-wrapped
+  `LlamaForCausalLM`, so PEFT applies it as is and handles scaling, rank patterns and rsLoRA).
+
+The vision tower comes from the checkpoint when saved, else from `vision_tower` (a CLIP folder; its
+config and image processor are always read from there). The original tokenizer has no `<image>`
+token (it spliced at the sentinel -200): `<image>` (and `<pad>` when missing) are added and the
+embedding / lm_head rows of the new ids are set to the mean of the existing rows.
+
+Memory: full and stage-1 conversions stream one shard at a time; the LoRA path materialises the base
+LM (PEFT merges on a loaded model).
+"""
+
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from ..modeling import LlavaConfig, LlavaForConditionalGeneration
+from ..modeling.configuration_llava import projector_depth
+from ..processing import LlavaProcessor
+from .common import (
+    DROP,
+    ConversionError,
+    PathLike,
+    TensorSource,
+    atomic_output,
+    expected_state,
+    file_sources,
+    load_tensors,
+    read_json,
+    weight_files,
+    write_converted,
+)
+from .llava_hf import save_hf_llava_config
+
+_TEXT_MODEL_TYPES = {"llava": "llama", "llava_llama": "llama", "llava_mistral": "mistral"}
+# Fields of an original config.json that describe the multimodal wrapper, not the LM.
+_WRAPPER_FIELDS = {
+    "architectures", "model_type", "_name_or_path", "transformers_version", "image_aspect_ratio",
+    "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side", "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter", "use_mm_proj", "unfreeze_mm_vision_tower", "auto_map",
+}
+_CLIP_TEXT_HALF = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
+_EMBEDDINGS = ("model.language_model.embed_tokens.weight", "lm_head.weight")
+
+
+def _lm_config(raw: dict, origin: Path) -> dict:
+    """The LM part of a config.json (an original LLaVA one, or a plain causal LM's)."""
+    model_type = raw.get("model_type", "llama")
+    model_type = _TEXT_MODEL_TYPES.get(model_type, model_type)
+    if model_type.startswith("llava"):
+        raise ConversionError(
+            f"{origin}: model_type {raw['model_type']!r} is not supported; expected one of "
+            f"{sorted(_TEXT_MODEL_TYPES)} (LLaVA on Llama / Vicuna or Mistral)."
+        )
+    fields = {k: v for k, v in raw.items() if k not in _WRAPPER_FIELDS and not k.startswith("mm_")}
+    fields.pop("torch_dtype", None), fields.pop("dtype", None)
+    return {**fields, "model_type": model_type}
+
+
+def _mm_settings(raw: Optional[dict], origin: Path, projector_keys: list[str]) -> dict:
+    """hf-llava config fields from the `mm_*` fields (defaults: the original code's; v1.5's without a config)."""
+    if raw is None:  # a bare mm_projector.bin: assume the LLaVA-1.5 recipe
+        raw = {"mm_vision_select_layer": -2, "image_aspect_ratio": "pad"}
+    if raw.get("mm_use_im_start_end"):
+        raise ConversionError(
+            f"{origin}: mm_use_im_start_end=True (a LLaVA v1 checkpoint) is not supported. Such models were "
+            "trained with every image wrapped in <im_start> ... <im_end> tokens; hf-llava's processor and chat "
+            "templates never emit them, so the converted model would see prompts unlike its training data. "
+            "Convert a LLaVA-1.5 (or later) checkpoint instead."
+        )
+    aspect = raw.get("image_aspect_ratio", "square")
+    if aspect not in ("pad", "square") or raw.get("mm_patch_merge_type", "flat") != "flat":
+        raise ConversionError(
+            f"{origin}: image_aspect_ratio={aspect!r} / mm_patch_merge_type={raw.get('mm_patch_merge_type')!r} "
+            "is LLaVA-NeXT's any-resolution scheme, which hf-llava does not implement; expected 'pad' or 'square'."
+        )
+    feature = raw.get("mm_vision_select_feature", "patch")
+    strategies = {"patch": "default", "cls_patch": "full"}
+    if feature not in strategies:
+        raise ConversionError(f"{origin}: mm_vision_select_feature={feature!r}; expected 'patch' or 'cls_patch'.")
+    projector_type = raw.get("mm_projector_type") or _projector_type_from_keys(projector_keys, origin)
+    projector_depth(projector_type)  # validates the name
+    return {
+        "projector_type": projector_type,
+        "vision_feature_layer": raw.get("mm_vision_select_layer", -1),
+        "vision_feature_select_strategy": strategies[feature],
+        "image_aspect_ratio": aspect,
+        "mm_hidden_size": raw.get("mm_hidden_size"),
+        "mm_vision_tower": raw.get("mm_vision_tower"),
+    }
+
+
+def _projector_type_from_keys(keys: list[str], origin: Path) -> str:
+    if "model.mm_projector.weight" in keys:
+        return "linear"
+    indices = {int(m.group(1)) for k in keys if (m := re.match(r"model\.mm_projector\.(\d+)\.weight$", k))}
+    if not indices:
+        return "identity"
+    return f"mlp{len(indices)}x_gelu"
+
+
+def _map_original_key(expected: dict):
+    """Original LLaVA names -> ours; derived buffers (rotary `inv_freq`, CLIP `position_ids`) are dropped."""
+
+    def map_key(key: str) -> Optional[str]:
+        if key.endswith("rotary_emb.inv_freq") or key.endswith("embeddings.position_ids"):
+            return DROP
+        target = None
+        if key.startswith("model.mm_projector."):
+            parts = key[len("model.mm_projector."):].split(".")
+            if len(parts) == 1:  # linear projector: model.mm_projector.weight
+                target = f"model.multi_modal_projector.linear_1.{parts[0]}"
+            elif len(parts) == 2 and parts[0].isdigit() and int(parts[0]) % 2 == 0:  # Sequential(Linear, GELU, ...)
+                target = f"model.multi_modal_projector.linear_{int(parts[0]) // 2 + 1}.{parts[1]}"
+        elif key.startswith("model.vision_tower.vision_tower."):
+            target = "model.vision_tower." + key[len("model.vision_tower.vision_tower."):]
+        elif key.startswith("model."):
+            target = "model.language_model." + key[len("model."):]
+        elif key.startswith("lm_head."):
+            target = key
+        return target if target in expected else None
+
+    return map_key
+
+
+def _map_clip_key(expected: dict):
+    """A CLIP folder (CLIPVisionModel or CLIPModel) -> our vision tower; CLIPModel's text half is unused by LLaVA."""
+
+    def map_key(key: str) -> Optional[str]:
+        if key.startswith(_CLIP_TEXT_HALF) or key.endswith("embeddings.position_ids"):
+            return DROP
+        target = "model.vision_tower." + key
+        return target if target in expected else None
+
+    return map_key
+
+
+def _merged_lora_lm(src: Path, model_base: Path) -> dict[str, torch.Tensor]:
+    """The base LM with the LoRA adapter of `src` merged in (PEFT), as an original-layout state dict."""
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    files = [src / name for name in ("adapter_model.safetensors", "adapter_model.bin") if (src / name).is_file()]
+    if not files:
+        raise ConversionError(f"{src}: adapter_config.json but no adapter_model.safetensors or adapter_model.bin.")
+    adapter = load_tensors(files[0])
+    lm = AutoModelForCausalLM.from_pretrained(model_base, dtype="auto")  # the whole base LM in memory
+    peft_model = get_peft_model(lm, LoraConfig.from_pretrained(src))
+    result = set_peft_model_state_dict(peft_model, adapter)
+    unexpected = list(result.unexpected_keys)
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if unexpected or missing:
+        raise ConversionError(
+            f"{files[0]} does not fit the LoRA of adapter_config.json on {model_base}: unexpected {unexpected[:20]}, "
+            f"missing {missing[:20]}. Check --model-base (the LM the adapter was trained on)."
+        )
+    return peft_model.merge_and_unload().state_dict()
+
+
+def _new_rows(weight: torch.Tensor, vocab_size: int, new_ids: list[int]) -> torch.Tensor:
+    """`weight` (old_vocab, H) -> (vocab_size, H); rows of `new_ids` = mean of the old rows (as mean_resizing)."""
+    mean = weight.float().mean(dim=0).to(weight.dtype)
+    extra = mean.expand(vocab_size - weight.shape[0], -1)
+    out = torch.cat([weight, extra], dim=0)
+    out[new_ids] = mean
+    return out
+
+
+def convert_original_to_hf_llava(
+    src: PathLike,
+    dst: PathLike,
+    vision_tower: Optional[PathLike] = None,
+    model_base: Optional[PathLike] = None,
+    chat_template: str = "vicuna_v1",
+    max_shard_size: Union[int, str] = "5GB",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """An original LLaVA checkpoint (full, stage-1 `mm_projector.bin` or LoRA) -> an hf-llava folder at `dst`.
+
+    `vision_tower`: a local CLIP folder (defaults to the config's `mm_vision_tower`, resolved by
+    transformers, i.e. from the HF cache when offline). `model_base`: the LM folder under a stage-1
+    projector or a LoRA adapter. `chat_template`: a name from `CHAT_TEMPLATES` or Jinja source.
+    """
+    src = Path(src)
+    if not src.exists():
+        raise ConversionError(f"{src} does not exist; pass an original LLaVA checkpoint folder or mm_projector.bin.")
+    raw = read_json(src / "config.json") if (src / "config.json").is_file() else None
+    if src.is_file() or not (src / "adapter_config.json").is_file() and (src / "mm_projector.bin").is_file():
+        kind = "projector"
+    elif (src / "adapter_config.json").is_file():
+        kind = "lora"
+    else:
+        kind = "full"
+    if kind != "full" and model_base is None:
+        raise ConversionError(
+            f"{src} is a {kind} checkpoint: pass model_base (--model-base), the LM it was trained on."
+        )
+    if kind == "full" and raw is None:
+        raise ConversionError(
+            f"{src}: no config.json; expected an original LLaVA folder (config.json with mm_* fields)."
+        )
+    lm_origin = src if kind == "full" else Path(model_base)
+    lm_raw = raw if kind == "full" else read_json(lm_origin / "config.json")
+
+    # Source tensors (original layout), listed by name before any is read.
+    if kind == "full":
+        files = weight_files(src)
+        llava_sources = file_sources(files, None)
+    elif kind == "projector":
+        projector_file = src if src.is_file() else src / "mm_projector.bin"
+        llava_sources = file_sources(weight_files(model_base), None) + file_sources([projector_file], None)
+    else:  # lora: the merged LM plus the projector of non_lora_trainables.bin (which wins, as in the original loader)
+        tensors = _merged_lora_lm(src, Path(model_base))
+        if (src / "non_lora_trainables.bin").is_file():
+            extra = load_tensors(src / "non_lora_trainables.bin")
+            tensors.update({k.removeprefix("base_model.model."): v for k, v in extra.items()})
+        llava_sources = [TensorSource(str(src), list(tensors), lambda: tensors, None)]
+    all_keys = [k for s in llava_sources for k in s.keys]
+    mm = _mm_settings(raw, src, [k for k in all_keys if k.startswith("model.mm_projector.")])
+
+    vision_path = vision_tower or mm["mm_vision_tower"]
+    if vision_path is None:
+        raise ConversionError(f"{src}: no vision tower given; pass vision_tower (--vision-tower PATH, a CLIP folder).")
+    try:
+        vision_config = AutoConfig.from_pretrained(vision_path)
+    except OSError as error:
+        raise ConversionError(
+            f"Cannot read the vision tower {vision_path!s}: {error}. Pass --vision-tower PATH, a local folder of "
+            f"the CLIP model the checkpoint names ({mm['mm_vision_tower']})."
+        ) from error
+    vision_config = getattr(vision_config, "vision_config", vision_config)  # CLIPConfig -> its tower
+    layers = 1 if isinstance(mm["vision_feature_layer"], int) else len(mm["vision_feature_layer"])
+    if mm["mm_hidden_size"] not in (None, vision_config.hidden_size * layers):
+        raise ConversionError(
+            f"{src}: mm_hidden_size={mm['mm_hidden_size']} but the vision tower {vision_path} has hidden size "
+            f"{vision_config.hidden_size}; pass the --vision-tower the checkpoint was trained with."
+        )
+
+    tokenizer_origin = src if src.is_dir() and (src / "tokenizer_config.json").is_file() else lm_origin
+    old_len = len(AutoTokenizer.from_pretrained(tokenizer_origin))
+    processor = LlavaProcessor.from_vision_and_text(
+        str(vision_path), str(tokenizer_origin), chat_template=chat_template,
+        image_aspect_ratio=mm["image_aspect_ratio"],
+        vision_feature_select_strategy=mm["vision_feature_select_strategy"],
+    )
+    tokenizer = processor.tokenizer
+    new_ids = [i for i in {processor.image_token_id, tokenizer.pad_token_id} if i >= old_len]
+    text_config = _lm_config(lm_raw, lm_origin)
+    old_vocab = text_config.get("vocab_size", old_len)
+    text_config.update(vocab_size=max(old_vocab, len(tokenizer)), pad_token_id=tokenizer.pad_token_id)
+    dtype_name = lm_raw.get("torch_dtype") or lm_raw.get("dtype")
+    dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else None
+    config = LlavaConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config,
+        image_token_index=processor.image_token_id,
+        projector_type=mm["projector_type"],
+        vision_feature_layer=mm["vision_feature_layer"],
+        vision_feature_select_strategy=mm["vision_feature_select_strategy"],
+        image_aspect_ratio=mm["image_aspect_ratio"],
+        pad_token_id=tokenizer.pad_token_id,
+        dtype=dtype_name,
+    )
+    expected = expected_state(LlavaForConditionalGeneration, config)
+    for source in llava_sources:
+        source.map_key = _map_original_key(expected)
+    sources = list(llava_sources)
+    if not any(k.startswith("model.vision_tower.") for k in all_keys):  # tower not saved: take the CLIP folder's
+        sources += file_sources(weight_files(vision_path), _map_clip_key(expected))
+
+    def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if name in _EMBEDDINGS and tensor.shape[0] == old_vocab:
+            tensor = _new_rows(tensor, config.text_config.vocab_size, new_ids)
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+    with atomic_output(dst, overwrite) as tmp:
+        write_converted(sources, expected, tmp, src, max_shard_size, transform, progress)
+        save_hf_llava_config(config, tmp)
+        processor.save_pretrained(tmp)
+    return Path(dst)
