@@ -1,0 +1,270 @@
+"""`ORTLlavaForConditionalGeneration`: generation with the three exported graphs on ONNX Runtime.
+
+Owns: loading the sessions (provider, dtype variant), the image splice outside the graphs, the
+decoding loop and its KV cache (numpy on CPU; OrtValues kept on the GPU through IOBinding on CUDA).
+
+Why a loop of our own rather than `GenerationMixin`: `GenerationMixin` drives a torch module whose
+cache is a `transformers.Cache` of torch tensors (plus `device`, parameters, `cache_position`
+bookkeeping). Here the cache is ONNX Runtime's (numpy arrays, or OrtValues on the device), so a
+shim would convert it at every step or fake a torch cache. The loop below is ~60 lines and reuses
+transformers' `GenerationConfig` and logits processors / warpers, so `do_sample`, `temperature`,
+`top_k`, `top_p`, `repetition_penalty`, `min_new_tokens`, `eos_token_id` behave as in transformers,
+and greedy output equals `LlavaForConditionalGeneration.generate` token for token.
+"""
+
+import copy
+import json
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import GenerationConfig
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from .graphs import kv_shape, past_names, present_names
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _numpy(x) -> Optional[np.ndarray]:
+    if x is None or isinstance(x, np.ndarray):
+        return x
+    return x.detach().cpu().numpy()
+
+
+class ORTLlavaForConditionalGeneration:
+    """LLaVA on ONNX Runtime: `vision_encoder`, `embed_tokens` and `decoder_model_merged` sessions.
+
+    `generate(input_ids, attention_mask=None, pixel_values=None, **generation_kwargs)` takes what
+    `LlavaProcessor(..., return_tensors="pt")` returns (torch or numpy) and returns
+    `(batch, prompt_len + new_tokens)` token ids as a torch LongTensor, like transformers.
+    """
+
+    def __init__(self, config, sessions: dict, generation_config: Optional[GenerationConfig] = None):
+        self.config = config
+        self.vision_session = sessions["vision_encoder"]
+        self.embed_session = sessions["embed_tokens"]
+        self.decoder_session = sessions["decoder_model_merged"]
+        self.generation_config = generation_config or GenerationConfig()
+        self.num_layers = config.text_config.num_hidden_layers
+        self.kv_heads, self.head_dim = kv_shape(config.text_config)
+        inputs = {i.name: i.type for i in self.decoder_session.get_inputs()}
+        self.float_dtype = _ORT_TYPES[inputs["inputs_embeds"]]
+        self.provider = self.decoder_session.get_providers()[0]
+        self.use_io_binding = self.provider == "CUDAExecutionProvider"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: Union[str, Path],
+        provider: str = "CPUExecutionProvider",
+        dtype: str = "auto",
+        session_options: Optional[ort.SessionOptions] = None,
+        provider_options: Optional[dict] = None,
+    ) -> "ORTLlavaForConditionalGeneration":
+        """Load an `export_onnx` folder. `dtype`: `auto` (the one exported), `fp32`, `fp16` or `int8`.
+
+        ONNX Runtime silently falls back to CPU when a provider cannot start (onnxruntime-gpu on a machine
+        without CUDA): the provider actually used is `self.provider`, and a warning says so.
+        """
+        from hf_llava.modeling import LlavaConfig
+
+        from .export import GRAPH_NAMES, onnx_file
+
+        path = Path(path)
+        info_path = path / "onnx" / "export_info.json"
+        if not info_path.is_file():
+            raise FileNotFoundError(
+                f"{path} has no onnx/export_info.json: expected a folder written by `hf-llava export-onnx`."
+            )
+        if dtype == "auto":
+            dtype = json.loads(info_path.read_text())["dtype"]
+        files = {g: path / onnx_file(dtype, g) for g in GRAPH_NAMES}
+        missing = [str(f) for f in files.values() if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"dtype={dtype!r}: missing {', '.join(missing)}; export with --dtype {dtype}.")
+        if provider not in ort.get_available_providers():
+            available = ort.get_available_providers()
+            warnings.warn(f"{provider} is not available in this onnxruntime ({available}); using CPU.")
+        providers = [(provider, provider_options or {})]
+        if provider != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")
+        options = session_options or ort.SessionOptions()
+        sessions = {
+            g: ort.InferenceSession(str(f), sess_options=options, providers=providers) for g, f in files.items()
+        }
+        used = sessions["decoder_model_merged"].get_providers()[0]
+        if used != provider:
+            warnings.warn(f"{provider} was requested but ONNX Runtime runs on {used}.")
+        config = LlavaConfig.from_pretrained(path)
+        generation_config = None
+        if (path / "generation_config.json").is_file():
+            generation_config = GenerationConfig.from_pretrained(path)
+        return cls(config, sessions, generation_config)
+
+    # graphs
+
+    def get_image_features(self, pixel_values) -> np.ndarray:
+        """`(num_images, 3, H, W)` -> `(num_images, num_image_tokens, hidden)`."""
+        dtype = _ORT_TYPES[self.vision_session.get_inputs()[0].type]
+        return self.vision_session.run(None, {"pixel_values": _numpy(pixel_values).astype(dtype)})[0]
+
+    def embed(self, input_ids: np.ndarray, pixel_values=None) -> np.ndarray:
+        """`input_ids (B, T)` -> `inputs_embeds (B, T, hidden)`, image features written at the image tokens."""
+        embeds = self.embed_session.run(None, {"input_ids": input_ids.astype(np.int64)})[0]
+        is_image = input_ids == self.config.image_token_id
+        if pixel_values is None:
+            if is_image.any():
+                raise ValueError(
+                    f"input_ids hold {int(is_image.sum())} image tokens but no pixel_values were given; pass the "
+                    "processor's pixel_values, or a prompt without '<image>'."
+                )
+            return embeds
+        features = self.get_image_features(pixel_values)  # (N, tokens, H)
+        if int(is_image.sum()) != features.shape[0] * features.shape[1]:
+            raise ValueError(
+                f"The prompt has {int(is_image.sum())} image tokens (id {self.config.image_token_id}) but "
+                f"{features.shape[0]} image(s) x {features.shape[1]} tokens = {features.shape[0] * features.shape[1]} "
+                "were expected; put one '<image>' per image and let LlavaProcessor expand it."
+            )
+        # row-major order, as torch.masked_scatter
+        embeds[is_image] = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
+        return embeds
+
+    def _empty_past(self, batch: int) -> list:
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.float_dtype)
+        if self.use_io_binding:
+            return [ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for _ in range(2 * self.num_layers)]
+        return [empty] * (2 * self.num_layers)
+
+    def decode_step(self, inputs_embeds, attention_mask, position_ids, past: list) -> tuple[np.ndarray, list]:
+        """One decoder run -> `logits (B, T, vocab)` (numpy, on the host) and the new cache (`2 * layers` items)."""
+        feeds = {
+            "inputs_embeds": inputs_embeds.astype(self.float_dtype),
+            "attention_mask": attention_mask.astype(np.int64),
+            "position_ids": position_ids.astype(np.int64),
+        }
+        if not self.use_io_binding:
+            feeds.update(zip(past_names(self.num_layers), past))
+            logits, *present = self.decoder_session.run(None, feeds)
+            return logits, present
+        # CUDA: the cache never leaves the device; only the small inputs go up and the logits come down.
+        binding = self.decoder_session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name, value in zip(past_names(self.num_layers), past):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in present_names(self.num_layers):
+            binding.bind_output(name, "cuda", 0)
+        self.decoder_session.run_with_iobinding(binding)
+        logits, *present = binding.get_outputs()
+        return logits.numpy(), present
+
+    def first_step_logits(self, input_ids, attention_mask=None, pixel_values=None, **_) -> np.ndarray:
+        """Prefill logits `(B, T, vocab)` for a prompt (what validation compares with PyTorch)."""
+        input_ids = _numpy(input_ids)
+        attention_mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask)
+        position_ids = np.where(attention_mask == 0, 1, attention_mask.cumsum(-1) - 1)
+        embeds = self.embed(input_ids, _numpy(pixel_values))
+        return self.decode_step(embeds, attention_mask, position_ids, self._empty_past(len(input_ids)))[0]
+
+    # generation
+
+    def _logits_processors(self, config: GenerationConfig, prompt_length: int) -> LogitsProcessorList:
+        eos = config.eos_token_id
+        processors = LogitsProcessorList()
+        if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        if config.min_new_tokens and eos is not None:
+            processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos))
+        if config.do_sample:
+            if config.temperature is not None and config.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k:
+                processors.append(TopKLogitsWarper(config.top_k))
+            if config.top_p is not None and config.top_p < 1.0:
+                processors.append(TopPLogitsWarper(config.top_p))
+        return processors
+
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        pixel_values=None,
+        generation_config: Optional[GenerationConfig] = None,
+        logits_processor: Optional[LogitsProcessorList] = None,
+        **kwargs,
+    ) -> Union[torch.LongTensor, GenerateDecoderOnlyOutput]:
+        """Greedy or sampled generation; `kwargs` are `GenerationConfig` fields (`max_new_tokens`, `do_sample`...).
+
+        `input_ids`, `attention_mask` `(B, T)`, left-padded for batches; `pixel_values` `(num_images, 3, H, W)`
+        for the `<image>` tokens in row order. Returns `(B, T + new)`; finished rows are filled with the pad token.
+        With `return_dict_in_generate=True`: a `GenerateDecoderOnlyOutput` with `logits` / `scores` (one `(B, vocab)`
+        per step) when `output_logits` / `output_scores` are set, as transformers.
+        """
+        config = copy.deepcopy(generation_config or self.generation_config)
+        unused = config.update(**{k: v for k, v in kwargs.items() if k not in ("image_sizes", "token_type_ids")})
+        if unused:
+            raise TypeError(f"generate() got unknown arguments {sorted(unused)}; expected GenerationConfig fields.")
+        ids = torch.as_tensor(_numpy(input_ids), dtype=torch.long)
+        if attention_mask is None:
+            mask = np.ones(tuple(ids.shape), np.int64)
+        else:
+            mask = _numpy(attention_mask).astype(np.int64)
+        batch, prompt_length = ids.shape
+        if config.max_new_tokens is not None:
+            max_new = config.max_new_tokens
+        else:
+            max_new = max(0, config.max_length - prompt_length)
+        eos = config.eos_token_id
+        eos = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
+        pad = config.pad_token_id if config.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
+        processors = self._logits_processors(config, prompt_length)
+        processors.extend(logits_processor or [])
+
+        embeds = self.embed(ids.numpy(), _numpy(pixel_values))
+        position_ids = np.where(mask == 0, 1, mask.cumsum(-1) - 1)  # left padding, as transformers
+        past = self._empty_past(batch)
+        unfinished = torch.ones(batch, dtype=torch.bool)
+        raw_logits, all_scores = [], []
+        for _ in range(max_new):
+            logits, past = self.decode_step(embeds, mask, position_ids, past)
+            step_logits = torch.from_numpy(logits[:, -1, :].astype(np.float32))
+            scores = processors(ids, step_logits.clone())
+            raw_logits.append(step_logits)
+            all_scores.append(scores)
+            if config.do_sample:
+                next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                next_tokens = scores.argmax(dim=-1)
+            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
+            ids = torch.cat([ids, next_tokens[:, None]], dim=-1)
+            unfinished &= ~torch.isin(next_tokens, eos)
+            if not unfinished.any():
+                break
+            embeds = self.embed_session.run(None, {"input_ids": next_tokens[:, None].numpy()})[0]
+            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=-1)
+            position_ids = mask.sum(-1, keepdims=True) - 1  # (B, 1)
+        if config.return_dict_in_generate:
+            return GenerateDecoderOnlyOutput(
+                sequences=ids,
+                logits=tuple(raw_logits) if config.output_logits else None,
+                scores=tuple(all_scores) if config.output_scores else None,
+            )
+        return ids
+
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, **_) -> torch.Tensor:
+        """Prefill logits `(B, T, vocab)` as a torch tensor."""
+        return torch.from_numpy(self.first_step_logits(input_ids, attention_mask, pixel_values))

@@ -1,0 +1,178 @@
+"""ONNX export and ONNX Runtime generation: layout, greedy parity with PyTorch, int8, atomicity, CLI."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+import onnxruntime as ort  # noqa: E402
+
+from hf_llava.cli import main  # noqa: E402
+from hf_llava.onnx import ORTLlavaForConditionalGeneration, export_onnx  # noqa: E402
+
+GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
+
+
+def _prompts(processor, images, texts):
+    return processor(images=images, text=texts, padding=True, return_tensors="pt")
+
+
+def test_fp32_export_layout_and_greedy_parity(saved_llava, tmp_path, tiny_model, tiny_processor, images):
+    out = export_onnx(saved_llava, tmp_path / "onnx-out", show_progress=False)
+    for graph in GRAPHS:
+        assert (out / "onnx" / f"{graph}.onnx").is_file()
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "preprocessor_config.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.safetensors"))
+    info = json.loads((out / "onnx" / "export_info.json").read_text())
+    assert info["validation"]["tokens_match"] and info["validation"]["provider"] == "CPUExecutionProvider"
+
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)
+    decoder_inputs = [i.name for i in ort_model.decoder_session.get_inputs()]
+    assert decoder_inputs[:4] == ["inputs_embeds", "attention_mask", "position_ids", "past_key_values.0.key"]
+
+    # left-padded batch of 2 prompts with one image each (different lengths -> padding)
+    batch = _prompts(tiny_processor, images, ["USER: <image>\nWhat is shown in the image? ASSISTANT:",
+                                              "USER: <image>\nColor? ASSISTANT:"])
+    assert (batch["attention_mask"][:, 0] == 0).any(), "the batch should be left-padded"
+    gen = dict(max_new_tokens=10, do_sample=False)
+    with torch.no_grad():
+        expected = tiny_model.generate(**batch, **gen)
+    assert torch.equal(ort_model.generate(**batch, **gen), expected)
+    # every step's logits, through the KV cache (catches position / cache errors greedy ties could hide)
+    detailed = dict(max_new_tokens=6, min_new_tokens=6, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        ref = tiny_model.generate(**batch, do_sample=False, **detailed)
+    got = ort_model.generate(**batch, do_sample=False, **detailed)
+    assert torch.equal(got.sequences, ref.sequences) and len(got.logits) == 6
+    for step, (a, b) in enumerate(zip(got.logits, ref.logits)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m: f"step {step}: {m}")
+
+    # one prompt with two images
+    two = _prompts(tiny_processor, images, ["USER: <image> and <image>\nCompare them. ASSISTANT:"])
+    with torch.no_grad():
+        expected = tiny_model.generate(**two, **gen)
+    assert torch.equal(ort_model.generate(**two, **gen), expected)
+
+    # text only
+    text = tiny_processor(text=["USER: Where is the dog? ASSISTANT:"], return_tensors="pt")
+    with torch.no_grad():
+        expected = tiny_model.generate(**text, **gen)
+    assert torch.equal(ort_model.generate(**text, **gen), expected)
+
+    # sampling: seeded, reproducible, same length rules
+    torch.manual_seed(0)
+    first = ort_model.generate(**batch, do_sample=True, top_k=20, temperature=0.8, max_new_tokens=5)
+    torch.manual_seed(0)
+    second = ort_model.generate(**batch, do_sample=True, top_k=20, temperature=0.8, max_new_tokens=5)
+    assert torch.equal(first, second) and first.shape[1] <= batch["input_ids"].shape[1] + 5
+
+
+def test_image_token_count_mismatch_is_a_named_error(saved_llava, tmp_path, tiny_processor, images):
+    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False)
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)
+    one = _prompts(tiny_processor, images[:1], ["USER: <image>\nHi ASSISTANT:"])
+    with pytest.raises(ValueError, match="image tokens"):
+        ort_model.generate(one["input_ids"], one["attention_mask"], pixel_values=None, max_new_tokens=2)
+
+
+def test_int8_export_within_tolerance_via_cli(saved_llava, tmp_path, tiny_model, tiny_processor, images, capsys):
+    out = tmp_path / "int8"
+    assert main(["export-onnx", str(saved_llava), str(out), "--dtype", "int8"]) == 0
+    assert "validation (int8, provider CPUExecutionProvider)" in capsys.readouterr().out
+    for graph in GRAPHS:
+        assert (out / "onnx" / f"{graph}_quantized.onnx").is_file()
+    report = json.loads((out / "onnx" / "export_info.json").read_text())["validation"]
+    assert report["relative_diff"] <= report["tolerance"]
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)  # dtype "auto" -> the exported int8
+    assert "quantized" in ort_model.decoder_session._model_path
+    texts = ["USER: <image>\nWhat? ASSISTANT:", "USER: <image>\nDescribe. ASSISTANT:"]
+    batch = _prompts(tiny_processor, images, texts)
+    ort_logits = ort_model(**batch)
+    with torch.no_grad():
+        ref = tiny_model(**batch).logits
+    real = batch["attention_mask"].bool()
+    assert (ort_logits - ref).abs()[real].max() <= report["tolerance"] * max(1.0, ref.abs().max().item())
+
+
+def _failing_decoder_export(monkeypatch):
+    original = torch.onnx.export
+
+    def export(module, *args, **kwargs):
+        if type(module).__name__ == "Decoder":
+            raise RuntimeError("simulated crash while tracing the decoder")
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+
+
+def test_interrupted_export_leaves_nothing_and_keeps_existing_out_dir(saved_llava, tmp_path, monkeypatch):
+    parent = tmp_path / "exports"
+    fresh = parent / "fresh"
+    _failing_decoder_export(monkeypatch)
+    with pytest.raises(RuntimeError, match="language model.*simulated crash"):
+        export_onnx(saved_llava, fresh, show_progress=False)
+    assert not fresh.exists()
+    assert list(parent.iterdir()) == []  # no partial folder left behind
+
+    monkeypatch.undo()
+    existing = export_onnx(saved_llava, parent / "existing", validate=False, show_progress=False)
+    before = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
+    _failing_decoder_export(monkeypatch)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export_onnx(saved_llava, existing, show_progress=False)
+    after = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in parent.iterdir()] == ["existing"]
+
+
+def test_unsupported_inputs_get_clear_errors(saved_llava, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="merge_and_unload"):
+        export_onnx(adapter, tmp_path / "out", show_progress=False)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="refusing to replace"):
+        export_onnx(saved_llava, precious, show_progress=False)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="dtype='bf16'"):
+        export_onnx(saved_llava, tmp_path / "out", dtype="bf16", show_progress=False)
+
+
+def test_fp16_export_within_tolerance_and_reports_the_provider_that_ran(saved_llava, tmp_path):
+    # fp16 is meant for CUDA. Without it, ONNX Runtime falls back to CPU: the report must say so.
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    out = export_onnx(saved_llava, tmp_path / "fp16", dtype="fp16", device="cuda", show_progress=False)
+    report = json.loads((out / "onnx" / "export_info.json").read_text())["validation"]
+    assert report["relative_diff"] <= report["tolerance"]
+    if not cuda:
+        assert report["provider"] == "CPUExecutionProvider" and "ran on CPU" in report["warning"]
+        with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
+            ORTLlavaForConditionalGeneration.from_pretrained(out, provider="CUDAExecutionProvider")
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)  # auto -> fp16
+    assert ort_model.decoder_session.get_inputs()[0].type == "tensor(float16)"
+    assert ort_model.generate(torch.tensor([[1, 40, 41]]), max_new_tokens=3).shape[1] <= 6
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="needs a CUDA device, torch with CUDA and onnxruntime-gpu (CUDAExecutionProvider)",
+)
+def test_cuda_fp16_export_and_io_binding_generation(saved_llava, tmp_path, tiny_model, tiny_processor, images):
+    out = export_onnx(saved_llava, tmp_path / "cuda", dtype="fp16", device="cuda", show_progress=False)
+    report = json.loads((out / "onnx" / "export_info.json").read_text())["validation"]
+    assert report["provider"] == "CUDAExecutionProvider"
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, provider="CUDAExecutionProvider", dtype="fp32")
+    assert ort_model.use_io_binding
+    texts = ["USER: <image>\nWhat? ASSISTANT:", "USER: <image>\nDescribe. ASSISTANT:"]
+    batch = _prompts(tiny_processor, images, texts)
+    with torch.no_grad():
+        expected = tiny_model.generate(**batch, max_new_tokens=6, do_sample=False)
+    assert torch.equal(ort_model.generate(**batch, max_new_tokens=6, do_sample=False), expected)
