@@ -1,0 +1,306 @@
+"""`LlavaDataCollator`: LLaVA samples -> padded `input_ids`, `attention_mask`, `labels`, `pixel_values`.
+
+What it owns: turning LLaVA turns into chat messages (placing the image before or after the first
+question), rendering them with a LLaVA chat template, tokenizing through the processor (which expands
+`<image>`), and the labels: -100 everywhere except the assistant answers and their end-of-turn
+(`ASSISTANT_END`). The answers' character spans come from rendering the conversation prefix by prefix;
+the token mask comes from the fast tokenizer's offsets. A sample whose mask cannot be built raises.
+Images are opened here, under the bad-image policy (`error` or `skip` with a count and a summary).
+"""
+
+import logging
+import random
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from ..processing import ASSISTANT_END, CHAT_TEMPLATES, load_image
+from .llava_json import BAD_IMAGE_POLICIES, IMAGE_PLACEHOLDER
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+IMAGE_POSITIONS = ("random", "before", "keep")
+
+
+class LlavaMaskError(ValueError):
+    """The labels of a sample could not be built (the template does not render the answers as a prefix chain)."""
+
+
+class LlavaDataCollator:
+    """Collates rows of `load_llava_dataset` (`id`, `image`, `conversations`) into a training batch.
+
+    Args:
+        processor: a `LlavaProcessor` with a fast tokenizer (offsets are needed).
+        template: a name from `CHAT_TEMPLATES` (`"plain"` for stage 1, `"vicuna_v1"` for stage 2) or Jinja source
+            (then pass `assistant_end`).
+        max_length: truncate longer samples with the processor's `truncation` (never through image tokens).
+        truncation: `"text_only"` (drop text tokens, keep every image token) or `True` (raise if the cut would hit
+            image tokens).
+        image_position: `"random"` (before or after the first question, per sample, seeded: the paper),
+            `"before"` (LLaVA-1.5's code), `"keep"` (where the data put `<image>`).
+        seed: seeds `"random"`; the choice depends only on (seed, sample id), so it survives resume and workers.
+        bad_image_policy: `"error"` raises on an unreadable image; `"skip"` drops the sample and counts it.
+        padding_side: `"right"` (training default) or `"left"`.
+
+    Returns (from `__call__`): `input_ids`, `attention_mask`, `labels` `(B, T)` and, when a sample has an image,
+    `pixel_values` `(num_images, 3, H, W)`; `image_keys` (list of image paths, one per image) if
+    `return_image_keys`.
+    """
+
+    def __init__(
+        self,
+        processor,
+        template: str = "vicuna_v1",
+        max_length: Optional[int] = None,
+        truncation: Union[bool, str] = "text_only",
+        image_position: str = "random",
+        seed: int = 0,
+        bad_image_policy: str = "error",
+        padding_side: str = "right",
+        assistant_end: Optional[str] = None,
+        pad_to_multiple_of: Optional[int] = None,
+        return_image_keys: bool = False,
+    ):
+        if image_position not in IMAGE_POSITIONS:
+            raise ValueError(f"image_position={image_position!r}: expected one of {IMAGE_POSITIONS}.")
+        if bad_image_policy not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"bad_image_policy={bad_image_policy!r}: expected one of {BAD_IMAGE_POLICIES}.")
+        if truncation not in (True, "text_only"):
+            raise ValueError(f"truncation={truncation!r}: expected 'text_only' or True.")
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'.")
+        tokenizer = processor.tokenizer
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("LlavaDataCollator needs a fast tokenizer (offsets); load it with use_fast=True.")
+        if template in CHAT_TEMPLATES:
+            self.template_name, self.chat_template = template, CHAT_TEMPLATES[template]
+            assistant_end = ASSISTANT_END[template] if assistant_end is None else assistant_end
+        elif "{" in template:
+            self.template_name, self.chat_template = "<custom>", template
+        else:
+            raise ValueError(f"Unknown template {template!r}; expected one of {sorted(CHAT_TEMPLATES)} or Jinja source.")
+        self.processor = processor
+        self.tokenizer = tokenizer
+        self.assistant_end = assistant_end
+        self.max_length = max_length
+        self.truncation = truncation
+        self.image_position = image_position
+        self.seed = seed
+        self.bad_image_policy = bad_image_policy
+        self.padding_side = padding_side
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.return_image_keys = return_image_keys
+        self.image_token = processor.image_token
+        self.image_token_id = processor.image_token_id
+        self.skipped: list[tuple[str, str, str]] = []  # (sample id, image path, reason)
+        self.fully_truncated = 0
+        self._fallback: Optional[dict] = None
+
+    # ----- messages and rendering -----
+
+    def _image_first(self, sample_id: str, first_value: str) -> bool:
+        if self.image_position == "before":
+            return True
+        if self.image_position == "keep":
+            return first_value.lstrip().startswith(IMAGE_PLACEHOLDER)
+        return random.Random(f"{self.seed}:{sample_id}").random() < 0.5
+
+    def to_messages(self, row: dict) -> list[dict]:
+        """LLaVA turns -> transformers chat messages; the image becomes a content part of the first user turn."""
+        messages = []
+        has_image = row.get("image") is not None
+        for j, turn in enumerate(row["conversations"]):
+            role = "user" if turn["from"] == "human" else "assistant"
+            value = turn["value"]
+            if j == 0 and has_image:
+                text = value.replace(IMAGE_PLACEHOLDER, "").strip()
+                parts = [{"type": "text", "text": text}] if text else []
+                image_part = {"type": "image"}
+                parts = [image_part] + parts if self._image_first(row["id"], value) else parts + [image_part]
+                messages.append({"role": role, "content": parts})
+            else:
+                messages.append({"role": role, "content": value})
+        return messages
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    def render_with_spans(self, row: dict) -> tuple[str, list[tuple[int, int]]]:
+        """The rendered conversation and the character spans `[start, end)` of each assistant answer.
+
+        A span runs from the end of the rendered prompt (with the generation prompt, e.g. `"... ASSISTANT:"`)
+        to the end of the rendered turn (`"... answer</s>"`): it holds the separator space, the answer and
+        the end-of-turn string, as the model must generate them after the generation prompt.
+        """
+        messages = self.to_messages(row)
+        text = self._render(messages)
+        spans = []
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self._render(messages[:k], add_generation_prompt=True)
+            upto = self._render(messages[: k + 1])
+            if not (upto.startswith(prompt) and text.startswith(upto)) or len(upto) <= len(prompt):
+                raise LlavaMaskError(
+                    f"Sample {row['id']!r}: template {self.template_name!r} does not render turn {k} as an extension "
+                    "of the turns before it, so the answer's span cannot be located; use a LLaVA template or one "
+                    "whose rendering of a prefix of the messages is a prefix of the full rendering."
+                )
+            if self.assistant_end and not upto.endswith(self.assistant_end):
+                raise LlavaMaskError(
+                    f"Sample {row['id']!r}: turn {k} renders as {upto[len(prompt):][-40:]!r}, which does not end with "
+                    f"the template's end of turn {self.assistant_end!r}; pass the matching `assistant_end`."
+                )
+            spans.append((len(prompt), len(upto)))
+        return text, spans
+
+    # ----- labels -----
+
+    def _labels(self, row: dict, ids: list[int], offsets: list, spans: list[tuple[int, int]]) -> list[int]:
+        labels = [IGNORE_INDEX] * len(ids)
+        trained = [0] * len(spans)
+        for i, (token_id, (a, b)) in enumerate(zip(ids, offsets)):
+            if b <= a or token_id == self.image_token_id:
+                continue
+            for s, (start, end) in enumerate(spans):
+                if a < end and b > start:  # the token overlaps the answer span
+                    labels[i] = token_id
+                    trained[s] += 1
+                    break
+        if 0 in trained:
+            raise LlavaMaskError(
+                f"Sample {row['id']!r}: answer {trained.index(0)} maps to no token (spans {spans}); the tokenizer's "
+                "offsets do not cover the rendered text. Check that the tokenizer is the model's fast tokenizer."
+            )
+        return labels
+
+    def _expanded_spans(self, text: str, spans: list, tokens_per_image: int) -> list[tuple[int, int]]:
+        """Shift character spans from the rendered text to the processor's text, where `<image>` is repeated."""
+        extra = (tokens_per_image - 1) * len(self.image_token)
+
+        def shift(pos: int) -> int:
+            return pos + extra * text[:pos].count(self.image_token)
+
+        return [(shift(a), shift(b)) for a, b in spans]
+
+    def _truncate(self, row: dict, expanded_text: str, ids: list[int], labels: list[int]) -> tuple[list, list]:
+        """Cut to `max_length` with the processor's truncation (it raises instead of cutting image tokens)."""
+        kept = self.processor(text=expanded_text, truncation=self.truncation, max_length=self.max_length)["input_ids"][0]
+        # `kept` is `ids` minus some tokens; align from the side that is kept (greedy earliest match).
+        order = list(range(len(ids)))
+        if self.tokenizer.truncation_side == "left":
+            order.reverse()
+            kept = list(reversed(kept))
+        positions, j = [], 0
+        for i in order:
+            if j < len(kept) and ids[i] == kept[j]:
+                positions.append(i)
+                j += 1
+        if j != len(kept):
+            raise LlavaMaskError(f"Sample {row['id']!r}: could not align labels with the truncated tokens.")
+        positions.sort()
+        return [ids[i] for i in positions], [labels[i] for i in positions]
+
+    # ----- images -----
+
+    def _load(self, row: dict) -> Optional[Any]:
+        """The sample's image (PIL), None for text-only; raises or records under the bad-image policy."""
+        if row.get("image") is None:
+            return None
+        try:
+            return load_image(row["image"])
+        except (ValueError, OSError) as err:
+            if self.bad_image_policy == "error":
+                raise ValueError(
+                    f"Sample {row['id']!r}: cannot read its image ({err}). Fix or remove the file, or pass "
+                    "bad_image_policy='skip' to skip such samples and get a summary at the end."
+                ) from err
+            self.skipped.append((row["id"], str(row["image"]), str(err)))
+            logger.warning("Skipping sample %r: unreadable image (%s).", row["id"], err)
+            return False
+
+    def summary(self) -> str:
+        """A one-paragraph summary of the skipped samples (empty string when none)."""
+        if not self.skipped and not self.fully_truncated:
+            return ""
+        lines = []
+        if self.skipped:
+            shown = ", ".join(f"{sid!r} ({path})" for sid, path, _ in self.skipped[:10])
+            more = f" and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
+            lines.append(f"skipped {len(self.skipped)} sample(s) with unreadable images: {shown}{more}")
+        if self.fully_truncated:
+            lines.append(f"{self.fully_truncated} sample(s) had every answer token truncated away (raise max_length)")
+        return "; ".join(lines)
+
+    # ----- batch -----
+
+    def encode(self, rows: list[dict], images: list) -> list[dict]:
+        """Rows with their loaded images (or None) -> per-sample `input_ids`, `labels`, `pixel_values`."""
+        rendered = [self.render_with_spans(row) for row in rows]
+        present = [im for im in images if im is not None]
+        out = self.processor(
+            images=present or None, text=[text for text, _ in rendered], return_offsets_mapping=True
+        )
+        pixel_values = list(out["pixel_values"]) if present else []
+        tokens_per_image = 1
+        if present:
+            height, width = np.asarray(pixel_values[0]).shape[-2:]
+            tokens_per_image = self.processor.num_image_tokens(height, width)
+        samples, next_image = [], 0
+        for i, (row, (text, spans)) in enumerate(zip(rows, rendered)):
+            ids, offsets = list(out["input_ids"][i]), out["offset_mapping"][i]
+            labels = self._labels(row, ids, offsets, self._expanded_spans(text, spans, tokens_per_image))
+            if self.max_length is not None and len(ids) > self.max_length:
+                expanded = text.replace(self.image_token, self.image_token * tokens_per_image)
+                ids, labels = self._truncate(row, expanded, ids, labels)
+                if all(label == IGNORE_INDEX for label in labels):
+                    self.fully_truncated += 1
+            sample = {"input_ids": ids, "labels": labels, "id": row["id"]}
+            if images[i] is not None:
+                sample["pixel_values"] = np.asarray(pixel_values[next_image])
+                sample["image_key"] = str(row["image"])
+                next_image += 1
+            samples.append(sample)
+        return samples
+
+    def __call__(self, rows: list[dict]) -> dict[str, Any]:
+        loaded = [(row, self._load(row)) for row in rows]
+        good = [(row, image) for row, image in loaded if image is not False]
+        if not good:
+            if self._fallback is None:
+                raise ValueError(
+                    f"Every sample of the batch has an unreadable image ({[row['id'] for row in rows]}) and no "
+                    "earlier sample can stand in; fix the image files."
+                )
+            logger.warning("A whole batch had unreadable images; repeating the last good sample in its place.")
+            good = [self._fallback]
+        self._fallback = good[-1]
+        samples = self.encode([row for row, _ in good], [image for _, image in good])
+        return self.pad(samples)
+
+    def pad(self, samples: list[dict]) -> dict[str, Any]:
+        """Per-sample lists -> `(B, T)` tensors padded on `padding_side` (labels with -100)."""
+        length = max(len(s["input_ids"]) for s in samples)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad_id = self.tokenizer.pad_token_id
+        batch = {"input_ids": [], "attention_mask": [], "labels": []}
+        for s in samples:
+            n = length - len(s["input_ids"])
+            for key, values, fill in (("input_ids", s["input_ids"], pad_id), ("labels", s["labels"], IGNORE_INDEX),
+                                      ("attention_mask", [1] * len(s["input_ids"]), 0)):
+                batch[key].append(values + [fill] * n if self.padding_side == "right" else [fill] * n + values)
+        out = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        pixels = [s["pixel_values"] for s in samples if "pixel_values" in s]
+        if pixels:
+            out["pixel_values"] = torch.from_numpy(np.stack(pixels)).float()  # (num_images, 3, H, W)
+            if self.return_image_keys:
+                out["image_keys"] = [s["image_key"] for s in samples if "pixel_values" in s]
+        return out
+
+
+__all__ = ["IGNORE_INDEX", "LlavaDataCollator", "LlavaMaskError"]

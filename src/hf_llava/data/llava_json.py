@@ -1,0 +1,162 @@
+"""Reading and validating LLaVA conversation data (JSON or JSONL) into a `datasets.Dataset`.
+
+The format is the original LLaVA one:
+`[{"id": ..., "image": "coco/0001.jpg", "conversations": [{"from": "human", "value": "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]}]`.
+Samples without an `image` key are text-only. Everything is checked up front and every problem is reported
+with the file, the sample id (and index) and what was expected; images are only *opened* during training
+(the collator does that, under the bad-image policy).
+"""
+
+import json
+import logging
+import os
+from typing import Any, Optional, Union
+
+from datasets import Dataset
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PLACEHOLDER = "<image>"
+ROLES = ("human", "gpt")
+BAD_IMAGE_POLICIES = ("error", "skip")
+_MAX_REPORTED = 20
+
+
+def read_llava_records(path: Union[str, os.PathLike]) -> list[dict]:
+    """The raw samples of a LLaVA `.json` (a list) or `.jsonl` (one object per line) file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such data file; pass a LLaVA .json or .jsonl file.")
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            records = []
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {line_no}: not valid JSON ({err}).") from err
+            return records
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); JSONL files must end in .jsonl.") from err
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: expected a JSON list of samples, got a {type(records).__name__}.")
+    return records
+
+
+def _sample_problems(record: Any, image_folder: Optional[str], check_images: bool) -> tuple[list[str], bool]:
+    """Problems of one sample (empty when valid), and whether the only problem is a missing image file."""
+    if not isinstance(record, dict):
+        return [f"expected an object with 'id' and 'conversations', got a {type(record).__name__}"], False
+    problems = []
+    if "id" not in record:
+        problems.append("missing field 'id'")
+    conversations = record.get("conversations")
+    if conversations is None:
+        problems.append("missing field 'conversations'")
+    elif not isinstance(conversations, list) or not conversations:
+        problems.append("'conversations' must be a non-empty list of {'from', 'value'} turns")
+    else:
+        for j, turn in enumerate(conversations):
+            if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+                problems.append(f"turn {j}: missing field 'from' or 'value'")
+                continue
+            if turn["from"] not in ROLES:
+                problems.append(f"turn {j}: unknown role {turn['from']!r} (expected 'human' or 'gpt')")
+            elif turn["from"] != ROLES[j % 2]:
+                problems.append(
+                    f"turns out of order: turn {j} is from {turn['from']!r}, expected {ROLES[j % 2]!r} "
+                    "(turns alternate human, gpt, starting with human)"
+                )
+            if not isinstance(turn["value"], str):
+                problems.append(f"turn {j}: 'value' must be a string")
+        if not problems and conversations[-1]["from"] != "gpt":
+            problems.append("turns out of order: the last turn must be from 'gpt' (an answer to train on)")
+        if not problems:
+            counts = [turn["value"].count(IMAGE_PLACEHOLDER) for turn in conversations]
+            has_image = record.get("image") not in (None, "")
+            if sum(counts) and not has_image:
+                problems.append(f"'{IMAGE_PLACEHOLDER}' in the text but the sample has no 'image' field")
+            elif sum(counts) > 1 or sum(counts[1:]):
+                problems.append(
+                    f"'{IMAGE_PLACEHOLDER}' must appear once, in the first human turn (found {counts} per turn)"
+                )
+    image = record.get("image")
+    if image not in (None, "") and not problems:
+        if not isinstance(image, str):
+            problems.append(f"'image' must be a file name, got {type(image).__name__} (one image per sample)")
+        elif check_images and not os.path.isfile(os.path.join(image_folder or "", image)):
+            return [f"image file missing: {os.path.join(image_folder or '', image)!r}"], True
+    return problems, False
+
+
+def validate_llava_records(
+    records: list, source: str = "<records>", image_folder: Optional[str] = None, check_images: bool = True,
+    bad_image_policy: str = "error",
+) -> list[dict]:
+    """Check every sample; return the valid ones (normalised) or raise one `ValueError` listing the problems.
+
+    Missing image files raise under `bad_image_policy="error"` and drop the sample (with a logged summary)
+    under `"skip"`; every other problem always raises.
+    """
+    if bad_image_policy not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"bad_image_policy={bad_image_policy!r}: expected one of {BAD_IMAGE_POLICIES}.")
+    errors, missing, kept = [], [], []
+    for index, record in enumerate(records):
+        problems, only_missing_image = _sample_problems(record, image_folder, check_images)
+        sample_id = record.get("id", "?") if isinstance(record, dict) else "?"
+        where = f"{source}: sample {sample_id!r} (index {index})"
+        if only_missing_image and bad_image_policy == "skip":
+            missing.append(f"{where}: {problems[0]}")
+            continue
+        errors.extend(f"{where}: {p}" for p in problems)
+        if not problems:
+            image = record.get("image")
+            kept.append({
+                "id": str(record["id"]),
+                "image": os.path.join(image_folder or "", image) if image not in (None, "") else None,
+                "conversations": [{"from": t["from"], "value": t["value"]} for t in record["conversations"]],
+            })
+    if errors:
+        shown = "\n  ".join(errors[:_MAX_REPORTED])
+        more = f"\n  ... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
+        raise ValueError(
+            f"{source}: {len(errors)} problem(s) in the LLaVA data; fix or remove these samples:\n  {shown}{more}"
+        )
+    if missing:
+        logger.warning("%s: skipped %d sample(s) whose image file is missing:\n  %s", source, len(missing),
+                       "\n  ".join(missing[:_MAX_REPORTED]))
+    if not kept:
+        raise ValueError(f"{source}: no usable samples.")
+    return kept
+
+
+def load_llava_dataset(
+    path: Union[str, os.PathLike, list],
+    image_folder: Optional[Union[str, os.PathLike]] = None,
+    check_images: bool = True,
+    bad_image_policy: str = "error",
+) -> Dataset:
+    """A LLaVA `.json` / `.jsonl` file (or a list of samples) -> a validated `datasets.Dataset`.
+
+    Columns: `id` (str), `image` (path joined with `image_folder`, or None for text-only samples) and
+    `conversations` (list of `{"from", "value"}`). Images are not opened here (the collator loads them).
+    `check_images` checks that every image file exists; see `validate_llava_records` for `bad_image_policy`.
+    """
+    if isinstance(path, list):
+        records, source = path, "<records>"
+    else:
+        source = os.fspath(path)
+        records = read_llava_records(source)
+    folder = os.fspath(image_folder) if image_folder is not None else None
+    if folder is not None and check_images and not os.path.isdir(folder):
+        raise FileNotFoundError(f"{source}: image folder {folder!r} does not exist.")
+    kept = validate_llava_records(records, source, folder, check_images, bad_image_policy)
+    # `datasets` infers one schema for all rows: keep `image` a string column (None for text-only).
+    return Dataset.from_list(kept)
+
+
+__all__ = ["load_llava_dataset", "read_llava_records", "validate_llava_records", "BAD_IMAGE_POLICIES"]

@@ -1,0 +1,101 @@
+"""Which parameters train in each stage, LoRA on the language model only, and merging LoRA back.
+
+Parameter groups are told apart by name (they keep transformers' llava names, also under PEFT's wrapper):
+`vision_tower`, `multi_modal_projector`, everything else is the language model (`language_model`, `lm_head`).
+"""
+
+from typing import Iterable, Optional
+
+from torch import nn
+
+LM_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def part_of(name: str) -> str:
+    """`"vision"`, `"projector"` or `"language"` for a parameter or module name."""
+    if "vision_tower" in name:
+        return "vision"
+    if "multi_modal_projector" in name:
+        return "projector"
+    return "language"
+
+
+def set_trainable(model: nn.Module, parts: Iterable[str]) -> dict[str, int]:
+    """`requires_grad` True exactly on the named parts; returns the trainable parameter count per part."""
+    parts = set(parts)
+    unknown = parts - {"vision", "projector", "language"}
+    if unknown:
+        raise ValueError(f"Unknown parts {sorted(unknown)}; expected vision, projector, language.")
+    counts = {"vision": 0, "projector": 0, "language": 0}
+    for name, param in model.named_parameters():
+        part = part_of(name)
+        param.requires_grad_(part in parts)
+        if part in parts:
+            counts[part] += param.numel()
+    if not any(counts.values()):
+        raise ValueError(f"No parameter to train: the model has no {sorted(parts)} parameters.")
+    return counts
+
+
+def stage_parts(stage: int, tune_vision_tower: bool = False, freeze_llm: bool = False) -> list[str]:
+    """Stage 1: projector. Stage 2: projector + language model (`freeze_llm` drops it, `tune_vision_tower` adds the tower)."""
+    if stage == 1:
+        parts = ["projector"]
+    elif stage == 2:
+        parts = ["projector"] + ([] if freeze_llm else ["language"])
+    else:
+        raise ValueError(f"stage={stage}: expected 1 or 2.")
+    return parts + (["vision"] if tune_vision_tower else [])
+
+
+def lm_lora_config(
+    r: int = 128,
+    lora_alpha: int = 256,
+    lora_dropout: float = 0.05,
+    target_names: Iterable[str] = LM_LINEAR_NAMES,
+    **kwargs,
+):
+    """A `peft.LoraConfig` for the language model only (the recipe's r 128, alpha 256), projector fully trained.
+
+    The targets are a regex on `language_model`: a plain list of `q_proj`... would also hit the CLIP tower.
+    """
+    from peft import LoraConfig
+
+    pattern = r".*language_model.*\.(" + "|".join(target_names) + ")"
+    return LoraConfig(
+        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=pattern,
+        modules_to_save=["multi_modal_projector"], task_type="CAUSAL_LM", **kwargs,
+    )
+
+
+def ensure_projector_saved(peft_config) -> None:
+    """Add the projector to `modules_to_save` (trained fully and saved with the adapter)."""
+    modules = list(peft_config.modules_to_save or [])
+    if "multi_modal_projector" not in modules:
+        peft_config.modules_to_save = modules + ["multi_modal_projector"]
+
+
+def check_lora_placement(model: nn.Module) -> None:
+    """Raise if a LoRA module sits in the vision tower (a `target_modules` list that also matches CLIP)."""
+    bad = [name for name, _ in model.named_modules() if "vision_tower" in name and name.endswith(".lora_A")]
+    if bad:
+        raise ValueError(
+            f"The LoRA config put adapters in the vision tower ({len(bad)} modules, e.g. {bad[0]!r}). Target the "
+            "language model only: `hf_llava.trainers.lm_lora_config()` or target_modules=r'.*language_model.*\\.(q_proj|v_proj)'."
+        )
+
+
+def merge_lora(model: nn.Module, save_directory: Optional[str] = None, processor=None) -> nn.Module:
+    """Fold LoRA into the weights (`merge_and_unload`) and return the plain LLaVA model, optionally saved."""
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    if save_directory is not None:
+        merged.save_pretrained(save_directory)
+        if processor is not None:
+            processor.save_pretrained(save_directory)
+    return merged
+
+
+__all__ = [
+    "LM_LINEAR_NAMES", "check_lora_placement", "ensure_projector_saved", "lm_lora_config", "merge_lora", "part_of",
+    "set_trainable", "stage_parts",
+]

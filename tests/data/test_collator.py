@@ -1,0 +1,145 @@
+"""LlavaDataCollator: labels equal the original LLaVA preprocess_plain / preprocess_v1, images, truncation, bad images."""
+
+import logging
+
+import pytest
+import torch
+
+from hf_llava.data import IGNORE_INDEX, LlavaDataCollator, LlavaMaskError, load_llava_dataset
+
+from .conftest import sample, write_llava
+
+N_IMAGE = 25  # tiny config: 30px images, 6px patches, CLS dropped
+
+
+def _row(i=0, turns=1, image=True, answer="The cat 12.", folder=None):
+    rec = sample(i, image=image, turns=turns, answer=answer)
+    return {"id": rec["id"], "conversations": rec["conversations"],
+            "image": str(folder / rec["image"]) if image else None}
+
+
+def original_v1_labels(tokenizer, text):
+    """A restatement of LLaVA's `preprocess_v1` length arithmetic (single `<image>` token), for comparison."""
+    ids = tokenizer(text).input_ids
+    target = list(ids)
+    sep = " ASSISTANT: "
+    cur = 1
+    target[:cur] = [IGNORE_INDEX] * cur
+    for rou in text.split("</s>"):
+        parts = rou.split(sep)
+        if rou == "" or len(parts) != 2:
+            break
+        round_len = len(tokenizer(rou).input_ids)  # BOS counted in place of the missing "</s>"
+        instruction_len = len(tokenizer(parts[0] + sep).input_ids) - 2  # minus BOS and the trailing-space token
+        target[cur:cur + instruction_len] = [IGNORE_INDEX] * instruction_len
+        cur += round_len
+    target[cur:] = [IGNORE_INDEX] * (len(target) - cur)
+    assert cur == len(ids), "tokenization mismatch (the original would zero the whole sample)"
+    return target
+
+
+def _expand(values, ids, image_id, fill=IGNORE_INDEX):
+    """Repeat the single image position N_IMAGE times (the original expands inside the model)."""
+    out = []
+    for value, token in zip(values, ids):
+        out += [fill] * N_IMAGE if token == image_id else [value]
+    return out
+
+
+@pytest.fixture()
+def folder(llava_files):
+    return llava_files[1]
+
+
+def test_plain_labels_match_preprocess_plain(tiny_processor, tokenizer, folder):
+    collator = LlavaDataCollator(tiny_processor, template="plain")
+    batch = collator([_row(0, folder=folder)])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    caption = tokenizer("The cat 12.\n", add_special_tokens=False).input_ids
+    # derived by hand: <s>, 25 image tokens (masked), then the caption and "\n" (trained)
+    assert ids == [tokenizer.bos_token_id] + [tiny_processor.image_token_id] * N_IMAGE + caption
+    assert labels == [IGNORE_INDEX] * (1 + N_IMAGE) + caption
+    assert batch["pixel_values"].shape == (1, 3, 30, 30)
+
+
+@pytest.mark.parametrize("turns", [1, 3])
+def test_vicuna_v1_labels_match_preprocess_v1(tiny_processor, tokenizer, folder, turns):
+    collator = LlavaDataCollator(tiny_processor, template="vicuna_v1", image_position="before")
+    row = _row(0, turns=turns, folder=folder)
+    batch = collator([row])
+    text, _ = collator.render_with_spans(row)
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    reference_ids = tokenizer(text).input_ids
+    image_id = tiny_processor.image_token_id
+    assert ids == _expand(reference_ids, reference_ids, image_id, fill=image_id)
+    assert labels == _expand(original_v1_labels(tokenizer, text), reference_ids, tiny_processor.image_token_id)
+    # by hand: only " The cat 12.</s>" after each "ASSISTANT:" trains
+    trained = tokenizer.decode([t for t in labels if t != IGNORE_INDEX])
+    assert trained == " The cat 12.</s>" * turns
+
+
+def test_text_only_and_image_samples_mix(tiny_processor, tokenizer, folder):
+    collator = LlavaDataCollator(tiny_processor, template="vicuna_v1")
+    batch = collator([_row(0, folder=folder), _row(1, image=False, answer="two")])
+    assert batch["pixel_values"].shape[0] == 1
+    assert (batch["input_ids"] == tiny_processor.image_token_id).sum() == N_IMAGE
+    assert tokenizer.decode([t for t in batch["labels"][1].tolist() if t != IGNORE_INDEX]) == " two</s>"
+    assert batch["attention_mask"][1, -1] == 0 and batch["labels"][1, -1] == IGNORE_INDEX  # right padding
+    assert not ((batch["labels"] == tiny_processor.image_token_id).any())
+
+
+def test_image_position_random_is_seeded_and_varies(tiny_processor, folder):
+    def first_user(collator, i):
+        return collator.to_messages(_row(i, folder=folder))[0]["content"][0]["type"]
+
+    a, b = (LlavaDataCollator(tiny_processor, image_position="random", seed=3) for _ in range(2))
+    firsts = [first_user(a, i) for i in range(20)]
+    assert firsts == [first_user(b, i) for i in range(20)]
+    assert set(firsts) == {"image", "text"}
+    assert {first_user(LlavaDataCollator(tiny_processor, image_position="before"), i) for i in range(5)} == {"image"}
+    text, _ = LlavaDataCollator(tiny_processor, image_position="keep").render_with_spans(_row(0, folder=folder))
+    assert "USER: <image>\nWhat is shown?" in text
+
+
+def test_mask_that_cannot_be_built_raises_with_sample_id(tiny_processor, folder):
+    # renders the message count first: a prefix of the messages is not a prefix of the full text
+    template = "{{ messages|length }}{% for m in messages %}{{ m['content'] if m['content'] is string else 'q' }}{% endfor %}"
+    collator = LlavaDataCollator(tiny_processor, template=template)
+    with pytest.raises(LlavaMaskError, match="'s0'"):
+        collator([_row(0, folder=folder)])
+
+
+def test_truncation_text_only_keeps_image_tokens(tiny_processor, folder):
+    row = _row(0, turns=3, folder=folder)
+    full = LlavaDataCollator(tiny_processor, image_position="before")([row])
+    cut = LlavaDataCollator(tiny_processor, image_position="before", max_length=60)([row])
+    assert cut["input_ids"].shape[1] == 60
+    assert (cut["input_ids"] == tiny_processor.image_token_id).sum() == N_IMAGE
+    # right truncation, text only: the last text tokens go, every image token stays, labels follow their tokens
+    ids = full["input_ids"][0].tolist()
+    text_positions = [i for i, t in enumerate(ids) if t != tiny_processor.image_token_id]
+    dropped = set(text_positions[len(text_positions) - (len(ids) - 60):])
+    kept = [i for i in range(len(ids)) if i not in dropped]
+    assert torch.equal(cut["input_ids"][0], full["input_ids"][0, kept])
+    assert torch.equal(cut["labels"][0], full["labels"][0, kept])
+    assert (cut["labels"][0] != IGNORE_INDEX).sum() < (full["labels"][0] != IGNORE_INDEX).sum()
+
+
+def test_truncation_true_refuses_to_cut_image_tokens(tiny_processor, folder):
+    collator = LlavaDataCollator(tiny_processor, template="plain", max_length=10, truncation=True)
+    with pytest.raises(ValueError, match="cut through its image tokens"):
+        collator([_row(0, folder=folder)])
+
+
+def test_bad_image_policy(tmp_path, tiny_processor, caplog):
+    path, folder = write_llava(tmp_path, [sample(0), sample(1)])
+    ds = load_llava_dataset(path, image_folder=folder)
+    (folder / "img1.png").write_bytes(b"not a png")  # corrupted after validation, as met during training
+    with pytest.raises(ValueError, match=r"Sample 's1'.*img1.png"):
+        LlavaDataCollator(tiny_processor)([ds[0], ds[1]])
+    collator = LlavaDataCollator(tiny_processor, bad_image_policy="skip")
+    with caplog.at_level(logging.WARNING):
+        batch = collator([ds[0], ds[1]])
+        batch2 = collator([ds[1]])  # a whole bad batch: the last good sample stands in
+    assert batch["input_ids"].shape[0] == 1 and batch2["input_ids"].shape[0] == 1
+    assert len(collator.skipped) == 2 and "'s1'" in collator.summary() and "img1.png" in collator.summary()

@@ -1,0 +1,134 @@
+"""Resume equality, the stage-1 feature cache, the bad-image policy in training, the CLI, accelerate launch."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from transformers import TrainerCallback
+
+from hf_llava import LlavaForConditionalGeneration, cli
+from hf_llava.data import load_llava_dataset
+from hf_llava.trainers import LlavaStage1Config, LlavaStage1Trainer
+
+from .conftest import fast, write_caption_data
+
+
+def _fresh(config):
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(config)
+
+
+def _projector(model):
+    return {k: v.detach().clone() for k, v in model.model.multi_modal_projector.state_dict().items()}
+
+
+class _StopAt(TrainerCallback):
+    """Stops training after `step` (as a killed job would, right after its checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _stage1(model, processor, data, tmp_path, name, callbacks=None, **overrides):
+    args = fast(LlavaStage1Config, tmp_path, output_dir=str(tmp_path / name), **overrides)
+    return LlavaStage1Trainer(model=model, args=args, train_dataset=data, processing_class=processor,
+                              callbacks=callbacks)
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_config, tiny_processor, caption_data):
+    common = dict(max_steps=4, save_strategy="steps", save_steps=2, per_device_train_batch_size=2)
+    full = _fresh(tiny_config)
+    _stage1(full, tiny_processor, caption_data, tmp_path, "full", **common).train()
+    killed = _fresh(tiny_config)
+    _stage1(killed, tiny_processor, caption_data, tmp_path, "run", callbacks=[_StopAt(2)], **common).train()
+    assert os.path.isdir(tmp_path / "run" / "checkpoint-2")
+    assert os.path.isfile(tmp_path / "run" / "checkpoint-2" / "mm_projector.safetensors")
+    assert any(not torch.equal(a, b) for a, b in zip(_projector(killed).values(), _projector(full).values()))
+    resumed = _fresh(tiny_config)
+    _stage1(resumed, tiny_processor, caption_data, tmp_path, "run", **common).train(
+        resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    for name, value in _projector(full).items():
+        assert torch.allclose(_projector(resumed)[name], value, rtol=0, atol=1e-7), name
+
+
+def test_feature_cache_reuses_features_and_matches(tmp_path, tiny_config, tiny_processor, caption_data):
+    common = dict(max_steps=-1, num_train_epochs=2, warmup_ratio=0.0)
+    plain = _fresh(tiny_config)
+    _stage1(plain, tiny_processor, caption_data, tmp_path, "plain", **common).train()
+    cached = _fresh(tiny_config)
+    trainer = _stage1(cached, tiny_processor, caption_data, tmp_path, "cached", cache_image_features=True, **common)
+    trainer.train()
+    assert trainer.feature_cache.misses == 8 and trainer.feature_cache.hits == 8  # epoch 2 skips the tower
+    for name, value in _projector(plain).items():
+        assert torch.allclose(_projector(cached)[name], value, atol=1e-6), name
+
+
+def test_bad_image_skip_policy_during_training(tmp_path, tiny_model, tiny_processor, caplog):
+    path, folder = write_caption_data(tmp_path)
+    data = load_llava_dataset(path, image_folder=folder)
+    (folder / "3.png").write_bytes(b"\x89PNG broken")
+    trainer = _stage1(tiny_model, tiny_processor, data, tmp_path, "skip", bad_image_policy="skip")
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert trainer.state.global_step == 2
+    assert [s[0] for s in trainer.data_collator.skipped] == ["c3"]
+    assert "skipped 1 sample(s) with unreadable images" in caplog.text and "3.png" in caplog.text
+
+
+def test_cli_stage1_then_stage2_lora(tmp_path, saved_llava):
+    path, folder = write_caption_data(tmp_path)
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    common = ["--data", str(path), "--images", str(folder), "--max-steps", "2", "--batch-size", "4",
+              "--logging-steps", "1"]
+    assert cli.main(["train", "stage1", "--model", str(saved_llava), "--output", str(out1), *common]) == 0
+    assert (out1 / "mm_projector.safetensors").is_file() and (out1 / "config.json").is_file()
+    assert cli.main(["train", "stage2", "--model", str(out1), "--output", str(out2), "--lora", "--lora-r", "4",
+                     "--lora-alpha", "8", "--merge-lora", *common]) == 0
+    assert (out2 / "adapter_model.safetensors").is_file()
+    merged = LlavaForConditionalGeneration.from_pretrained(out2 / "merged")
+    stage1 = LlavaForConditionalGeneration.from_pretrained(out1)
+    assert torch.equal(merged.model.vision_tower.state_dict()["vision_model.embeddings.patch_embedding.weight"],
+                       stage1.model.vision_tower.state_dict()["vision_model.embeddings.patch_embedding.weight"])
+
+
+_SCRIPT = """
+import json, os, sys, torch
+import hf_llava
+from hf_llava import tiny
+from hf_llava.data import load_llava_dataset
+from hf_llava.trainers import LlavaStage1Config, LlavaStage1Trainer
+model, processor = tiny.build_llava()
+data = load_llava_dataset(sys.argv[1], image_folder=sys.argv[2])
+args = LlavaStage1Config(output_dir=sys.argv[3], max_steps=2, per_device_train_batch_size=2, save_strategy="no",
+                         save_at_end=False, report_to="none", disable_tqdm=True, warmup_ratio=0.0,
+                         use_cpu=True)  # without it, transformers sets up no process group on a CUDA-less machine
+trainer = LlavaStage1Trainer(model=model, args=args, train_dataset=data, processing_class=processor)
+trainer.train()
+rank = trainer.accelerator.process_index
+total = sum(float(p.detach().double().sum()) for p in model.model.multi_modal_projector.parameters())
+with open(os.path.join(sys.argv[3], f"rank{rank}.json"), "w") as f:
+    json.dump({"world": trainer.accelerator.num_processes, "sum": total, "step": trainer.state.global_step}, f)
+"""
+
+
+def test_accelerate_launch_two_cpu_processes(tmp_path):
+    path, folder = write_caption_data(tmp_path)
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(_SCRIPT))
+    out = tmp_path / "ddp"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+               "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(path), str(folder), str(out)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 and r["step"] == 2 for r in ranks)
+    assert ranks[0]["sum"] == ranks[1]["sum"]  # DDP kept the replicas identical
