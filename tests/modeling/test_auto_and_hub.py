@@ -23,7 +23,6 @@ from transformers import (
     pipeline,
 )
 
-import hf_llava
 from hf_llava import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 from hf_llava.tiny import build_tokenizer, demo_image
 
@@ -166,3 +165,17 @@ def test_from_vision_and_text(pretrained_parts):
     assert (inputs["input_ids"] == model.config.image_token_id).sum() == model.config.image_seq_length == 4
     assert inputs["pixel_values"].shape == (1, 3, 28, 28)
     assert model.generate(**inputs, max_new_tokens=2, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 2
+
+
+def test_saved_weights_load_back_with_load_state_dict(saved_llava, tiny_config):
+    """save_pretrained writes transformers' legacy llava names; load_state_dict (Trainer's resume path) takes them."""
+    from safetensors.torch import load_file
+
+    state = load_file(saved_llava / "model.safetensors")
+    assert any(k.startswith("language_model.model.") for k in state)  # the legacy on-disk layout
+    fresh = LlavaForConditionalGeneration(tiny_config)
+    result = fresh.load_state_dict(state, strict=False)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    reference = LlavaForConditionalGeneration.from_pretrained(saved_llava)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name

@@ -8,6 +8,7 @@ the original LLaVA recipe's projector types (`linear`, `mlpNx_gelu`, `identity`)
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -91,6 +92,26 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict` that also takes the names `save_pretrained` writes.
+
+        transformers 4.57 saves llava weights under the legacy llava names (`language_model.model.*`,
+        `vision_tower.*`, ...: `_checkpoint_conversion_mapping` reversed) so that older readers load
+        them. `Trainer` restores checkpoints with `load_state_dict(strict=False)`, which would silently
+        skip every such key; mapping them here makes resume (and any direct load) restore every weight.
+        """
+        mapping = getattr(self, "_checkpoint_conversion_mapping", None) or {}
+        if mapping:
+            renamed = {}
+            for key, value in state_dict.items():
+                for pattern, replacement in mapping.items():
+                    key, hits = re.subn(pattern, replacement, key)
+                    if hits:
+                        break
+                renamed[key] = value
+            state_dict = renamed
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _init_weights(self, module):
         # Only the projector is ours; the towers initialise themselves through their own classes.

@@ -50,41 +50,6 @@ def load_projector(model, path: str) -> None:
         )
 
 
-def reload_checkpoint_weights(model, folder: str) -> bool:
-    """Load a checkpoint's `model.safetensors` (or shards) into `model`, mapping the legacy llava key names.
-
-    `save_pretrained` writes transformers' legacy names (`language_model.model.*`, `multi_modal_projector.*`) and
-    `Trainer` reloads checkpoints with `load_state_dict(strict=False)`, which would silently ignore them on
-    resume. Returns False when the folder holds no full safetensors weights (e.g. a PEFT adapter).
-    """
-    import json
-    import re
-
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.isfile(os.path.join(folder, "model.safetensors")):
-        files = ["model.safetensors"]
-    else:
-        return False
-    mapping = getattr(model, "_checkpoint_conversion_mapping", {}) or {}
-    state = {}
-    for name in files:
-        for key, value in load_file(os.path.join(folder, name)).items():
-            for pattern, replacement in mapping.items():
-                new_key, n = re.subn(pattern, replacement, key)
-                if n:
-                    key = new_key
-                    break
-            state[key] = value
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", []) or k in state]
-    if missing or unexpected:
-        raise ValueError(f"{folder}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]}).")
-    return True
-
-
 def load_stage1_output(path: str, base_model: Optional[str] = None, **from_pretrained_kwargs):
     """The model stage 2 starts from: a full stage-1 folder, or `base_model` + a projector file or folder."""
     from ..modeling import LlavaForConditionalGeneration
@@ -99,4 +64,4 @@ def load_stage1_output(path: str, base_model: Optional[str] = None, **from_pretr
     return model
 
 
-__all__ = ["PROJECTOR_FILE", "load_projector", "reload_checkpoint_weights", "load_stage1_output", "projector_state_dict", "save_projector"]
+__all__ = ["PROJECTOR_FILE", "load_projector", "load_stage1_output", "projector_state_dict", "save_projector"]

@@ -17,7 +17,7 @@ from trl import SFTTrainer
 from ..data import LlavaDataCollator
 from .configs import LlavaStage1Config, LlavaStage2Config
 from .freezing import check_lora_placement, ensure_projector_saved, part_of, set_trainable, stage_parts
-from .projector import reload_checkpoint_weights, save_projector
+from .projector import save_projector
 
 logger = logging.getLogger(__name__)
 
@@ -73,21 +73,6 @@ class _LlavaTrainer(SFTTrainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        self._reload_full_weights(resume_from_checkpoint, model)
-
-    def _load_best_model(self):
-        super()._load_best_model()
-        self._reload_full_weights(self.state.best_model_checkpoint)
-
-    def _reload_full_weights(self, folder, model=None) -> None:
-        """Trainer reloads with strict=False and misses the legacy llava key names: reload them mapped."""
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not hasattr(target, "_checkpoint_conversion_mapping"):
-            return  # DeepSpeed / FSDP restore from their own state files; PEFT from the adapter
-        reload_checkpoint_weights(target, folder)
 
     def train(self, *args, **kwargs):
         """`Trainer.train`, then a summary of skipped samples and (with `save_at_end`) `save_model()`."""
