@@ -89,34 +89,47 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--image-size", type=int, default=96, help="tower input (patch 8): (size/8)^2 tokens")
+    parser.add_argument("--image-size", type=int, default=112, help="tower input (patch 8): (size/8)^2 tokens")
     parser.add_argument("--vision-layers", type=int, default=4)
+    parser.add_argument("--vision-hidden-size", type=int, default=128)
+    parser.add_argument("--hidden-size", type=int, default=256, help="LM width")
+    parser.add_argument("--num-layers", type=int, default=4, help="LM depth")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per variant, alternated; the median is kept")
     parser.add_argument("--report", default=os.path.join(os.path.dirname(__file__), "reports", "train.json"))
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = {"image_size": args.image_size, "patch_size": 8, "vision_layers": args.vision_layers,
-            "vision_hidden_size": 64}
+            "vision_hidden_size": args.vision_hidden_size, "hidden_size": args.hidden_size,
+            "num_layers": args.num_layers}
     if args._child:
         kind, folder = args._child
         print(json.dumps(_run(kind, os.path.join(folder, "data.json"), folder, args.epochs, args.batch_size, size)))
         return
     folder = tempfile.mkdtemp()
     _make_data(folder, args.samples)
+    kinds = ("trl_baseline", "ours", "ours_cache")
+    samples = {kind: [] for kind in kinds}
+    for _ in range(args.repeats):  # alternate the variants so that machine noise hits them alike
+        for kind in kinds:
+            cmd = [sys.executable, __file__, "--_child", kind, folder, "--samples", str(args.samples), "--epochs",
+                   str(args.epochs), "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+                   "--vision-layers", str(args.vision_layers), "--vision-hidden-size", str(args.vision_hidden_size),
+                   "--hidden-size", str(args.hidden_size), "--num-layers", str(args.num_layers)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if out.returncode:
+                raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
+            samples[kind].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(kind, samples[kind][-1])
     results = {}
-    for kind in ("trl_baseline", "ours", "ours_cache"):
-        cmd = [sys.executable, __file__, "--_child", kind, folder, "--samples", str(args.samples), "--epochs",
-               str(args.epochs), "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-               "--vision-layers", str(args.vision_layers)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        if out.returncode:
-            raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
-        results[kind] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(kind, results[kind])
+    for kind, runs in samples.items():
+        runs = sorted(runs, key=lambda r: r["samples_per_s"])
+        results[kind] = {**runs[len(runs) // 2], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
     report = {
         "setup": {"samples": args.samples, "epochs": args.epochs, "batch_size": args.batch_size, **size},
         "runs": results,
         "ours_vs_trl_samples_per_s": results["ours"]["samples_per_s"] / results["trl_baseline"]["samples_per_s"],
         "cache_vs_no_cache_samples_per_s": results["ours_cache"]["samples_per_s"] / results["ours"]["samples_per_s"],
+        "ours_vs_trl_peak_rss": results["ours"]["peak_rss_mb"] / results["trl_baseline"]["peak_rss_mb"],
     }
     os.makedirs(os.path.dirname(args.report), exist_ok=True)
     with open(args.report, "w") as f:
