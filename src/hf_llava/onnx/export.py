@@ -32,6 +32,9 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 TOLERANCES = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.15}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx_data", ".h5", ".msgpack")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# transformers.js picks the model class, the KV-cache input names and the decoder sizes from `model_type`
+# (configs.js `getNormalizedConfig`, models/registry.js): it knows LLaVA as `llava`, not `hf_llava`.
+TRANSFORMERS_JS_MODEL_TYPE = "llava"
 
 
 class ExportValidationError(RuntimeError):
@@ -134,6 +137,12 @@ def _copy_side_files(model_dir: Path, out_dir: Path, model) -> None:
             shutil.copy2(path, out_dir / path.name)
     if not (out_dir / "generation_config.json").is_file():
         model.generation_config.save_pretrained(out_dir)
+    # The folder holds no PyTorch weights; `ORTLlavaForConditionalGeneration` reads it back with hf-llava's
+    # `LlavaConfig` whatever `model_type` says, and transformers.js needs `llava` to load it.
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model_type"] = TRANSFORMERS_JS_MODEL_TYPE
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _validation_inputs(config, seed: int = 0) -> dict:

@@ -107,7 +107,9 @@ class ORTLlavaForConditionalGeneration:
         used = sessions["decoder_model_merged"].get_providers()[0]
         if used != provider:
             warnings.warn(f"{provider} was requested but ONNX Runtime runs on {used}.")
-        config = LlavaConfig.from_pretrained(path)
+        config_dict, _ = LlavaConfig.get_config_dict(path)
+        config_dict["model_type"] = LlavaConfig.model_type  # the file says `llava`, for transformers.js
+        config = LlavaConfig.from_dict(config_dict)
         generation_config = None
         if (path / "generation_config.json").is_file():
             generation_config = GenerationConfig.from_pretrained(path)
