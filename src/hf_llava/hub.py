@@ -73,26 +73,33 @@ def push_to_hub(
     repo_id: str,
     model=None,
     processor=None,
+    *,
     private: Optional[bool] = None,
     token: Optional[str] = None,
     commit_message: str = "Upload hf-llava model",
+    commit_description: Optional[str] = None,
+    revision: Optional[str] = None,
+    create_pr: bool = False,
     base_models: Optional[list[str]] = None,
     max_shard_size: str = "5GB",
-    **kwargs,
+    safe_serialization: bool = True,
 ):
-    """Uploads `model` and/or `processor` with a model card to `repo_id` in one commit."""
+    """Uploads `model` and/or `processor` with a model card to `repo_id` in one commit; returns the commit info."""
     if model is None and processor is None:
         raise ValueError("push_to_hub needs a model, a processor or both.")
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
         if model is not None:
-            model.save_pretrained(folder, max_shard_size=max_shard_size)
+            model.save_pretrained(folder, max_shard_size=max_shard_size, safe_serialization=safe_serialization)
         if processor is not None:
             processor.save_pretrained(folder)
         if model is not None:
             write_model_card(folder, model.config, repo_id, base_models)
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, **kwargs)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+            commit_description=commit_description, revision=revision, create_pr=create_pr,
+        )
 
 
 __all__ = ["build_model_card", "push_to_hub", "write_model_card"]

@@ -179,3 +179,40 @@ def test_saved_weights_load_back_with_load_state_dict(saved_llava, tiny_config):
     reference = LlavaForConditionalGeneration.from_pretrained(saved_llava)
     for name, tensor in reference.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], tensor), name
+
+
+def test_from_vision_and_text_siglip_and_a_tied_qwen2(tmp_path):
+    """A SigLIP tower (no CLS, no crop) + a Qwen2 LM with tied, padded embeddings and its own stop tokens."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    torch.manual_seed(0)
+    siglip = SiglipModel(SiglipConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 42, "patch_size": 14},
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "vocab_size": 99}))
+    siglip.save_pretrained(tmp_path / "siglip")
+    SiglipImageProcessor(size={"height": 42, "width": 42}).save_pretrained(tmp_path / "siglip")
+    tokenizer = build_tokenizer(llava_tokens=False)
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer) + 16, hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                        tie_word_embeddings=True))
+    qwen.generation_config = GenerationConfig(eos_token_id=[2, 7], do_sample=True, temperature=0.7)
+    qwen.save_pretrained(tmp_path / "qwen")
+    tokenizer.save_pretrained(tmp_path / "qwen")
+
+    model = LlavaForConditionalGeneration.from_vision_and_text(str(tmp_path / "siglip"), str(tmp_path / "qwen"))
+    processor = LlavaProcessor.from_vision_and_text(str(tmp_path / "siglip"), str(tmp_path / "qwen"))
+    assert model.config.vision_feature_select_strategy == processor.vision_feature_select_strategy == "full"
+    assert model.config.image_seq_length == 9  # 3 x 3 patches, none dropped
+    # the padded vocabulary (len(tokenizer) + 16 rows) has room for the 2 new tokens: no resize, still tied
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) + 16
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert model.generation_config.eos_token_id == [2, 7] and model.generation_config.temperature == 0.7
+    assert model.generation_config.pad_token_id == processor.tokenizer.pad_token_id
+    image = demo_image(64)  # 64 x 48: padded to square, resized to 42 x 42, no crop
+    inputs = processor(images=image, text="USER: <image>\nWhat? ASSISTANT:", return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 42, 42)
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == 9
+    out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3

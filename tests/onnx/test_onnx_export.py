@@ -176,3 +176,25 @@ def test_cuda_fp16_export_and_io_binding_generation(saved_llava, tmp_path, tiny_
     with torch.no_grad():
         expected = tiny_model.generate(**batch, max_new_tokens=6, do_sample=False)
     assert torch.equal(ort_model.generate(**batch, max_new_tokens=6, do_sample=False), expected)
+
+
+def test_bf16_pixel_values_are_accepted(saved_llava, tmp_path, tiny_model, tiny_processor, images):
+    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False)
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)
+    batch = _prompts(tiny_processor, images[:1], ["USER: <image>\nWhat? ASSISTANT:"])
+    as_fp32 = ort_model.generate(**batch, max_new_tokens=4, do_sample=False)
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    as_bf16 = ort_model.generate(**batch, max_new_tokens=4, do_sample=False)
+    assert as_bf16.shape == as_fp32.shape
+
+
+def test_validation_rejects_non_finite_logits(tmp_path, tiny_model, tiny_processor):
+    from hf_llava.onnx import ExportValidationError
+
+    with torch.no_grad():
+        tiny_model.lm_head.weight[5] = float("inf")  # a broken checkpoint: inf/NaN logits
+    tiny_model.save_pretrained(tmp_path / "broken")
+    tiny_processor.save_pretrained(tmp_path / "broken")
+    with pytest.raises(ExportValidationError, match="non-finite"):
+        export_onnx(tmp_path / "broken", tmp_path / "onnx-out", show_progress=False)
+    assert not (tmp_path / "onnx-out").exists()

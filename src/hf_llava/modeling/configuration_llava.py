@@ -12,12 +12,20 @@ from typing import Optional, Union
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto import CONFIG_MAPPING
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp{N}x_gelu", "identity")
 VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
 _MLP_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
 # Vision towers whose sequence starts with a CLS token ("default" drops it).
 _TOWERS_WITH_CLS = ("clip_vision_model", "clip", "chinese_clip_vision_model", "metaclip_2_vision_model")
+
+
+def has_cls_token(vision_config: PretrainedConfig) -> bool:
+    """Whether the tower's sequence starts with a CLS token (CLIP does, SigLIP does not)."""
+    return vision_config.model_type in _TOWERS_WITH_CLS
 
 
 def projector_depth(projector_type: str) -> int:
@@ -130,6 +138,11 @@ class LlavaConfig(PretrainedConfig):
         self.vision_feature_layer = vision_feature_layer
         self.multimodal_projector_bias = multimodal_projector_bias
         self.image_aspect_ratio = image_aspect_ratio
+        if vision_feature_select_strategy == "default" and not has_cls_token(self.vision_config):
+            logger.warning(
+                "vision_feature_select_strategy='default' drops the first token, but a %s tower has no CLS token: "
+                "a real image patch is dropped. Use 'full' for such towers.", self.vision_config.model_type
+            )
         expected = self.num_image_tokens
         if image_seq_length is not None and image_seq_length != expected:
             raise ValueError(
@@ -143,7 +156,7 @@ class LlavaConfig(PretrainedConfig):
     @property
     def num_additional_image_tokens(self) -> int:
         """Tokens the tower prepends to the patches (1 for CLIP's CLS, 0 for SigLIP)."""
-        return 1 if self.vision_config.model_type in _TOWERS_WITH_CLS else 0
+        return 1 if has_cls_token(self.vision_config) else 0
 
     @property
     def num_image_tokens(self) -> int:
@@ -155,4 +168,4 @@ class LlavaConfig(PretrainedConfig):
         return tokens
 
 
-__all__ = ["LlavaConfig", "PROJECTOR_TYPES", "projector_depth"]
+__all__ = ["LlavaConfig", "PROJECTOR_TYPES", "has_cls_token", "projector_depth"]

@@ -8,6 +8,7 @@ the original LLaVA recipe's projector types (`linear`, `mlpNx_gelu`, `identity`)
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
 
+import copy
 import re
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -20,7 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import can_return_tuple
 
-from .configuration_llava import LlavaConfig, projector_depth
+from .configuration_llava import LlavaConfig, has_cls_token, projector_depth
 
 
 @dataclass
@@ -188,8 +189,8 @@ class LlavaModel(LlavaPreTrainedModel):
             )
             mask = (inputs_embeds == image_embed).all(-1)
         num_images, tokens_per_image = image_features.shape[:2]
-        found = int(mask.sum())
-        if found != num_images * tokens_per_image:
+        if not torch.compiler.is_compiling() and int(mask.sum()) != num_images * tokens_per_image:
+            found = int(mask.sum())
             raise ValueError(
                 f"The prompt has {found} image tokens (id {self.config.image_token_id}), but {num_images} image(s) "
                 f"x {tokens_per_image} tokens per image = {num_images * tokens_per_image} were expected. Each image "
@@ -376,13 +377,13 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             self.config.auto_map = auto_map
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
+    def push_to_hub(self, repo_id: str, **kwargs):
         """Upload with an hf-llava model card (`hf_llava.push_to_hub`); pass `processor=` to add it."""
         try:
             from hf_llava.hub import push_to_hub
         except ImportError:  # a trust_remote_code copy where hf-llava is not installed
-            return super().push_to_hub(repo_id, *args, **kwargs)
-        return push_to_hub(repo_id, model=self, *args, **kwargs)
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_to_hub(repo_id, model=self, **kwargs)
 
     @classmethod
     def from_vision_and_text(
@@ -395,9 +396,12 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
     ) -> "LlavaForConditionalGeneration":
         """A fresh LLaVA from a pretrained vision tower and a pretrained causal LM (the start of stage 1).
 
-        The LM's tokenizer gets `image_token` (and a pad token when it has none), the embeddings are
-        resized to the new vocabulary and the projector is random. Use
-        `LlavaProcessor.from_vision_and_text` with the same paths for the matching processor.
+        The LM's tokenizer gets `image_token` (and a pad token when it has none), the embeddings grow
+        to the new vocabulary when it outgrows them (new rows start at the mean of the others), the LM's
+        generation config (stop tokens, sampling defaults) is kept, and the projector is random. The
+        feature strategy defaults to `default` (drop CLS) for CLIP-like towers and `full` for towers
+        without CLS (SigLIP). Use `LlavaProcessor.from_vision_and_text` with the same paths for the
+        matching processor.
         """
         vision_cfg = AutoConfig.from_pretrained(vision_name_or_path)
         vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)  # CLIPConfig / SiglipConfig -> tower
@@ -407,6 +411,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
         if tokenizer.pad_token is None:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        config_kwargs.setdefault("vision_feature_select_strategy", "default" if has_cls_token(vision_cfg) else "full")
         config = LlavaConfig(
             vision_config=vision_cfg.to_dict(),
             text_config=text_model.config.to_dict(),
@@ -427,7 +432,10 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         config.vision_config = model.model.vision_tower.config
         config.text_config = model.model.language_model.config
         config.text_config.pad_token_id = tokenizer.pad_token_id
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # never shrink a padded vocabulary
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        model.generation_config = copy.deepcopy(text_model.generation_config)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model
 
 

@@ -200,12 +200,17 @@ def validate_export(
             f"CUDA was requested but ONNX Runtime runs on {ort_model.provider} (onnxruntime-gpu missing, or no CUDA "
             "device / libraries): the validation ran on CPU."
         )
+    if not np.isfinite(logits[mask.numpy()]).all():
+        raise ExportValidationError(
+            f"{dtype} export: the graphs produce non-finite logits (NaN or inf): "
+            "the variant is unusable (fp16 overflow?). Use --dtype fp32."
+        )
     if dtype == "fp32" and not report["tokens_match"]:
         raise ExportValidationError(
             f"fp32 export: greedy tokens differ from PyTorch (torch {torch_tokens.tolist()}, onnx "
             f"{ort_tokens.tolist()}; first-step max abs diff {diff:.3g}). The graph is wrong; please report it."
         )
-    if report["relative_diff"] > TOLERANCES[dtype]:
+    if not report["relative_diff"] <= TOLERANCES[dtype]:
         raise ExportValidationError(
             f"{dtype} export: first-step logits differ from PyTorch by {diff:.3g} (relative {diff / scale:.3g}), "
             f"above the {dtype} tolerance {TOLERANCES[dtype]} (relative to max(1, max |logits|)). "

@@ -40,7 +40,10 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 def _numpy(x) -> Optional[np.ndarray]:
     if x is None or isinstance(x, np.ndarray):
         return x
-    return x.detach().cpu().numpy()
+    x = x.detach().cpu()
+    if x.is_floating_point() and x.dtype not in (torch.float16, torch.float32):
+        x = x.float()  # numpy has no bfloat16; the graphs take fp32 (or fp16, cast later)
+    return x.numpy()
 
 
 class ORTLlavaForConditionalGeneration:

@@ -18,6 +18,7 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpa
 from .chat_templates import CHAT_TEMPLATES, get_chat_template
 from .image_loading import load_images
 
+# Repeats modeling's list: this file is copied alone next to checkpoints (trust_remote_code) and may not import it.
 _TOWERS_WITH_CLS = ("clip_vision_model", "clip", "chinese_clip_vision_model", "metaclip_2_vision_model")
 
 
@@ -113,6 +114,8 @@ class LlavaProcessor(ProcessorMixin):
             raise ValueError("LlavaProcessor needs `images`, `text` or both.")
         truncation = kwargs.pop("truncation", None)
         max_length = kwargs.pop("max_length", None)
+        if truncation and max_length is None and self.tokenizer.model_max_length < 1e8:
+            max_length = self.tokenizer.model_max_length  # what the tokenizer would truncate to
         output_kwargs = self._merge_kwargs(LlavaProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         image_inputs = {}
         if images is not None:
@@ -223,13 +226,13 @@ class LlavaProcessor(ProcessorMixin):
                 attribute._processor_class = None
         return files
 
-    def push_to_hub(self, repo_id: str, *args, **kwargs):
+    def push_to_hub(self, repo_id: str, **kwargs):
         """Upload the processor files (`hf_llava.push_to_hub`; pass `model=` too to add the model and its card)."""
         try:
             from hf_llava.hub import push_to_hub
         except ImportError:  # a trust_remote_code copy where hf-llava is not installed
-            return super().push_to_hub(repo_id, *args, **kwargs)
-        return push_to_hub(repo_id, processor=self, *args, **kwargs)
+            return super().push_to_hub(repo_id, **kwargs)
+        return push_to_hub(repo_id, processor=self, **kwargs)
 
     @classmethod
     def from_vision_and_text(
@@ -238,20 +241,26 @@ class LlavaProcessor(ProcessorMixin):
         text_name_or_path: str,
         chat_template: str = "vicuna_v1",
         image_aspect_ratio: str = "pad",
-        vision_feature_select_strategy: str = "default",
+        vision_feature_select_strategy: Optional[str] = None,
         image_token: str = "<image>",
     ) -> "LlavaProcessor":
         """The processor matching `LlavaForConditionalGeneration.from_vision_and_text` on the same paths.
 
         `image_aspect_ratio="pad"` pads to a square with the mean colour before resizing (LLaVA-1.5);
-        `"square"` keeps the tower's own resize and centre crop (LLaVA v1).
+        `"square"` keeps the tower's own resize and centre crop (LLaVA v1). The feature strategy
+        defaults as in the model's `from_vision_and_text` (`full` for towers without CLS).
         """
         vision_cfg = AutoConfig.from_pretrained(vision_name_or_path)
         vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)
+        has_cls = vision_cfg.model_type in _TOWERS_WITH_CLS
+        if vision_feature_select_strategy is None:
+            vision_feature_select_strategy = "default" if has_cls else "full"
         image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path, use_fast=False)
         if image_aspect_ratio == "pad":
             settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}
             settings.pop("image_processor_type", None)
+            if "crop_size" not in settings:  # e.g. SigLIP: resize to the tower's size, no crop to fill in
+                settings.update(do_center_crop=False, crop_size=settings.get("size"))
             image_processor = LlavaImageProcessor(**{**settings, "do_pad": True})
         elif image_aspect_ratio != "square":
             raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected 'pad' or 'square'.")
@@ -264,7 +273,7 @@ class LlavaProcessor(ProcessorMixin):
             vision_feature_select_strategy=vision_feature_select_strategy,
             chat_template=get_chat_template(chat_template) if chat_template in CHAT_TEMPLATES else chat_template,
             image_token=image_token,
-            num_additional_image_tokens=1 if vision_cfg.model_type in _TOWERS_WITH_CLS else 0,
+            num_additional_image_tokens=1 if has_cls else 0,
         )
 
 
