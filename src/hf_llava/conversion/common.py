@@ -13,7 +13,6 @@
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ import safetensors.torch
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from transformers.utils.hub import convert_file_size_to_int
 from tqdm.auto import tqdm
+
+from .._atomic import atomic_folder
 
 PathLike = Union[str, os.PathLike]
 _MAX_LISTED = 20
@@ -264,20 +265,8 @@ def atomic_output(dst: PathLike, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(
             f"{dst} already exists and is not empty; choose another DST or pass overwrite=True (--overwrite)."
         )
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".converting", dir=dst.parent))
-    try:
+    with atomic_folder(dst, tag="converting") as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old: Optional[Path] = None
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def copy_if_present(src: PathLike, dst: PathLike, names: tuple[str, ...]) -> None:

@@ -12,15 +12,15 @@ Layout written (transformers.js / onnx-community):
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .._atomic import atomic_folder
 
 from . import graphs
 
@@ -219,21 +219,6 @@ def validate_export(
     return report
 
 
-def _move_into_place(tmp_dir: Path, out_dir: Path) -> None:
-    """Replace `out_dir` with `tmp_dir` by renames; an existing `out_dir` is restored if the swap fails."""
-    if not out_dir.exists():
-        os.replace(tmp_dir, out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp_dir, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def export_onnx(
     model_dir: Union[str, Path],
     out_dir: Union[str, Path],
@@ -251,14 +236,9 @@ def export_onnx(
     """
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     _check_arguments(model_dir, out_dir, dtype, device)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes it 0700; the result should look like any other folder
     total = 5 + (dtype != "fp32") + bool(validate)
-    try:
-        with tqdm(total=total, desc="load model", disable=not show_progress) as progress:
+    with tqdm(total=total, desc="load model", disable=not show_progress) as progress:
+        with atomic_folder(out_dir) as tmp_dir:  # nothing appears at out_dir unless every step succeeds
             model = _load_model(model_dir)
             progress.update(1)
             onnx_dir = tmp_dir / "onnx"
@@ -279,11 +259,7 @@ def export_onnx(
                 (onnx_dir / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
                 progress.update(1)
             progress.set_description("move into place")
-            _move_into_place(tmp_dir, out_dir)
-            progress.update(1)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        progress.update(1)
     if validate:
         report = info["validation"]
         print(
