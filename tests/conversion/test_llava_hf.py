@@ -101,3 +101,24 @@ def test_linear_projector_has_no_llava_hf_equivalent(tmp_path, tokenizer):
     hf_llava.LlavaForConditionalGeneration(config).save_pretrained(path)
     with pytest.raises(ConversionError, match="projector_type='linear'.*no llava-hf equivalent"):
         convert_hf_llava_to_llava_hf(path, tmp_path / "out", progress=False)
+
+
+def test_tied_embeddings_checkpoint_that_also_stores_lm_head(tokenizer, tiny_processor, images, tmp_path, conv):
+    """Tied LMs (e.g. small Qwen2) whose checkpoint writer kept `lm_head` still convert; the head stays tied."""
+    config = tiny.build_config(tokenizer, text_model_type="qwen2")
+    settings = {**config.text_config.to_dict(), "tie_word_embeddings": True}
+    hf_config = transformers.LlavaConfig(vision_config=config.vision_config.to_dict(), text_config=settings,
+                                         image_token_index=config.image_token_index,
+                                         image_seq_length=config.image_seq_length)
+    torch.manual_seed(0)
+    source = transformers.LlavaForConditionalGeneration(hf_config).eval()
+    source.save_pretrained(tmp_path / "tied")
+    state = load_file(tmp_path / "tied" / "model.safetensors")
+    assert "language_model.lm_head.weight" not in state  # transformers drops it; some writers keep it
+    state["language_model.lm_head.weight"] = state["language_model.model.embed_tokens.weight"].clone()
+    save_file(state, tmp_path / "tied" / "model.safetensors", metadata={"format": "pt"})
+    tiny_processor.save_pretrained(tmp_path / "tied")
+    out = convert_llava_hf_to_hf_llava(tmp_path / "tied", tmp_path / "ours", progress=False)
+    model = hf_llava.LlavaForConditionalGeneration.from_pretrained(out).eval()
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    conv.assert_same_outputs(model, source, tiny_processor, images)

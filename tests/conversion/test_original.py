@@ -101,6 +101,17 @@ def test_unknown_key_is_named(original_dir, clip_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_projector_is_named(original_dir, clip_dir, tiny_model, tmp_path, conv):
+    for shard in original_dir.glob("pytorch_model-*.bin"):
+        state = torch.load(shard, weights_only=True)
+        torch.save({k: v for k, v in state.items() if "mm_projector" not in k}, shard)
+    config = conv.original_config(tiny_model)
+    del config["mm_projector_type"]
+    conv.write_json(original_dir / "config.json", config)
+    with pytest.raises(ConversionError, match=r"no projector weights \(model\.mm_projector\.\*\)"):
+        convert_original_to_hf_llava(original_dir, tmp_path / "out", vision_tower=clip_dir, progress=False)
+
+
 def test_im_start_end_is_refused(original_dir, clip_dir, tiny_model, tmp_path, conv):
     conv.write_json(original_dir / "config.json", conv.original_config(tiny_model, mm_use_im_start_end=True))
     with pytest.raises(ConversionError, match="mm_use_im_start_end=True.*LLaVA v1"):

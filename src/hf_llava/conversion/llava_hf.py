@@ -20,6 +20,7 @@ from transformers.dynamic_module_utils import custom_object_save
 from ..modeling import LlavaConfig, LlavaForConditionalGeneration
 from ..processing import CHAT_TEMPLATES, LlavaProcessor
 from .common import (
+    DROP,
     ConversionError,
     PathLike,
     atomic_output,
@@ -55,8 +56,20 @@ def _generation_config(src: Path) -> Optional[GenerationConfig]:
 
 
 def _map_key(expected: dict):
-    """Either layout on disk (see `SAVED_LAYOUT`) -> the parameter name; None for a key the model lacks."""
-    return lambda key: loaded_name(key) if loaded_name(key) in expected else None
+    """Either layout on disk (see `SAVED_LAYOUT`) -> the parameter name; None for a key the model lacks.
+
+    With tied embeddings `expected` has no `lm_head.weight`; a checkpoint that stores it anyway (as some
+    writers do) has it consumed, not refused: the model ties it to the input embeddings on load.
+    """
+    def rule(key: str) -> Optional[str]:
+        name = loaded_name(key)
+        if name in expected:
+            return name
+        if name in LlavaForConditionalGeneration._tied_weights_keys:  # not expected: tied
+            return DROP
+        return None
+
+    return rule
 
 
 def convert_llava_hf_to_hf_llava(

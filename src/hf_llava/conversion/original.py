@@ -106,7 +106,10 @@ def _projector_type_from_keys(keys: list[str], origin: Path) -> str:
         return "linear"
     indices = {int(m.group(1)) for k in keys if (m := re.match(r"model\.mm_projector\.(\d+)\.weight$", k))}
     if not indices:
-        return "identity"
+        raise ConversionError(
+            f"{origin}: no projector weights (model.mm_projector.*) and no mm_projector_type in its config; "
+            "expected a LLaVA checkpoint with its projector, or a stage-1 mm_projector.bin (with --model-base)."
+        )
     return f"mlp{len(indices)}x_gelu"
 
 
