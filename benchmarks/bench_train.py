@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,7 +95,7 @@ def main() -> None:
     parser.add_argument("--vision-hidden-size", type=int, default=128)
     parser.add_argument("--hidden-size", type=int, default=256, help="LM width")
     parser.add_argument("--num-layers", type=int, default=4, help="LM depth")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per variant, alternated; the median is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per variant, alternated; the median is kept")
     parser.add_argument("--report", default=os.path.join(os.path.dirname(__file__), "reports", "train.json"))
     parser.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -122,8 +123,9 @@ def main() -> None:
             print(kind, samples[kind][-1])
     results = {}
     for kind, runs in samples.items():
-        runs = sorted(runs, key=lambda r: r["samples_per_s"])
-        results[kind] = {**runs[len(runs) // 2], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+        results[kind] = {"samples_per_s": statistics.median(r["samples_per_s"] for r in runs),
+                         "seconds": statistics.median(r["seconds"] for r in runs),
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
     report = {
         "setup": {"samples": args.samples, "epochs": args.epochs, "batch_size": args.batch_size, **size},
         "runs": results,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from transformers import TrainerCallback
 
@@ -71,15 +72,18 @@ def test_feature_cache_reuses_features_and_matches(tmp_path, tiny_config, tiny_p
         assert torch.allclose(_projector(cached)[name], value, atol=1e-6), name
 
 
-def test_bad_image_skip_policy_during_training(tmp_path, tiny_model, tiny_processor, caplog):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bad_image_skip_policy_during_training(tmp_path, tiny_model, tiny_processor, caplog, workers):
     path, folder = write_caption_data(tmp_path)
     data = load_llava_dataset(path, image_folder=folder)
     (folder / "3.png").write_bytes(b"\x89PNG broken")
-    trainer = _stage1(tiny_model, tiny_processor, data, tmp_path, "skip", bad_image_policy="skip")
+    trainer = _stage1(tiny_model, tiny_processor, data, tmp_path, "skip", bad_image_policy="skip",
+                      dataloader_num_workers=workers)
     with caplog.at_level("WARNING"):
         trainer.train()
     assert trainer.state.global_step == 2
-    assert [s[0] for s in trainer.data_collator.skipped] == ["c3"]
+    # counted from the batches, so also when the collator ran in a dataloader worker process
+    assert [s[0] for s in trainer._data_skipped] == ["c3"]
     assert "skipped 1 sample(s) with unreadable images" in caplog.text and "3.png" in caplog.text
 
 
@@ -106,6 +110,7 @@ from hf_llava import tiny
 from hf_llava.data import load_llava_dataset
 from hf_llava.trainers import LlavaStage1Config, LlavaStage1Trainer
 model, processor = tiny.build_llava()
+initial = sum(float(p.detach().double().sum()) for p in model.model.multi_modal_projector.parameters())
 data = load_llava_dataset(sys.argv[1], image_folder=sys.argv[2])
 args = LlavaStage1Config(output_dir=sys.argv[3], max_steps=2, per_device_train_batch_size=2, save_strategy="no",
                          save_at_end=False, report_to="none", disable_tqdm=True, warmup_ratio=0.0,
@@ -115,7 +120,8 @@ trainer.train()
 rank = trainer.accelerator.process_index
 total = sum(float(p.detach().double().sum()) for p in model.model.multi_modal_projector.parameters())
 with open(os.path.join(sys.argv[3], f"rank{rank}.json"), "w") as f:
-    json.dump({"world": trainer.accelerator.num_processes, "sum": total, "step": trainer.state.global_step}, f)
+    json.dump({"world": trainer.accelerator.num_processes, "sum": total, "initial": initial,
+               "step": trainer.state.global_step}, f)
 """
 
 
@@ -137,3 +143,4 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world"] == 2 and r["step"] == 2 for r in ranks)
     assert ranks[0]["sum"] == ranks[1]["sum"]  # DDP kept the replicas identical
+    assert ranks[0]["sum"] != ranks[0]["initial"]  # and they did train

@@ -46,7 +46,8 @@ class LlavaDataCollator:
 
     Returns (from `__call__`): `input_ids`, `attention_mask`, `labels` `(B, T)` and, when a sample has an image,
     `pixel_values` `(num_images, 3, H, W)`; `image_keys` (list of image paths, one per image) if
-    `return_image_keys`.
+    `return_image_keys`; `data_report` (skipped / truncated-away samples of this batch) if `report_in_batch`
+    and there are any (the hf-llava trainers pop it before the forward and summarise it at the end).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class LlavaDataCollator:
         assistant_end: Optional[str] = None,
         pad_to_multiple_of: Optional[int] = None,
         return_image_keys: bool = False,
+        report_in_batch: bool = False,
     ):
         if image_position not in IMAGE_POSITIONS:
             raise ValueError(f"image_position={image_position!r}: expected one of {IMAGE_POSITIONS}.")
@@ -94,6 +96,7 @@ class LlavaDataCollator:
         self.return_image_keys = return_image_keys
         self.image_token = processor.image_token
         self.image_token_id = processor.image_token_id
+        self.report_in_batch = report_in_batch
         self.skipped: list[tuple[str, str, str]] = []  # (sample id, image path, reason)
         self.fully_truncated = 0
         self._fallback: Optional[dict] = None
@@ -225,16 +228,7 @@ class LlavaDataCollator:
 
     def summary(self) -> str:
         """A one-paragraph summary of the skipped samples (empty string when none)."""
-        if not self.skipped and not self.fully_truncated:
-            return ""
-        lines = []
-        if self.skipped:
-            shown = ", ".join(f"{sid!r} ({path})" for sid, path, _ in self.skipped[:10])
-            more = f" and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
-            lines.append(f"skipped {len(self.skipped)} sample(s) with unreadable images: {shown}{more}")
-        if self.fully_truncated:
-            lines.append(f"{self.fully_truncated} sample(s) had every answer token truncated away (raise max_length)")
-        return "; ".join(lines)
+        return data_summary(self.skipped, self.fully_truncated)
 
     # ----- batch -----
 
@@ -268,6 +262,17 @@ class LlavaDataCollator:
         return samples
 
     def __call__(self, rows: list[dict]) -> dict[str, Any]:
+        """Rows -> a padded batch. With `report_in_batch`, what this call skipped or truncated away rides
+        along under `data_report` (for trainers: collators in dataloader workers or other ranks keep their
+        own counters, which the main process never sees)."""
+        seen_skipped, seen_truncated = len(self.skipped), self.fully_truncated
+        batch = self._collate(rows)
+        if self.report_in_batch and (len(self.skipped) > seen_skipped or self.fully_truncated > seen_truncated):
+            batch["data_report"] = {"skipped": self.skipped[seen_skipped:],
+                                    "fully_truncated": self.fully_truncated - seen_truncated}
+        return batch
+
+    def _collate(self, rows: list[dict]) -> dict[str, Any]:
         loaded = [(row, self._load(row)) for row in rows]
         good = [(row, image) for row, image in loaded if image is not False]
         if not good:
@@ -303,4 +308,16 @@ class LlavaDataCollator:
         return out
 
 
-__all__ = ["IGNORE_INDEX", "LlavaDataCollator", "LlavaMaskError"]
+def data_summary(skipped: list, fully_truncated: int) -> str:
+    """One paragraph on the samples skipped for unreadable images and those truncated to no answer."""
+    lines = []
+    if skipped:
+        shown = ", ".join(f"{sid!r} ({path})" for sid, path, _ in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        lines.append(f"skipped {len(skipped)} sample(s) with unreadable images: {shown}{more}")
+    if fully_truncated:
+        lines.append(f"{fully_truncated} sample(s) had every answer token truncated away (raise max_length)")
+    return "; ".join(lines)
+
+
+__all__ = ["IGNORE_INDEX", "LlavaDataCollator", "LlavaMaskError", "data_summary"]

@@ -2,7 +2,8 @@
 
 Each overrides the smallest hooks: freezing happens before `SFTTrainer.__init__` (the optimizer only takes
 trainable parameters), `create_optimizer` adds a projector learning rate, `_save` writes the projector alone
-beside the full (resumable) checkpoint in stage 1, `compute_loss` feeds the optional stage-1 feature cache.
+beside the full (resumable) checkpoint in stage 1, `compute_loss` feeds the optional stage-1 feature cache
+and collects the batches' data reports (skipped images), summarised across processes at the end of `train`.
 Logging, checkpoints, resume, accelerate / DeepSpeed / FSDP stay `Trainer`'s.
 """
 
@@ -12,9 +13,11 @@ from types import SimpleNamespace
 from typing import Optional
 
 import torch
+from accelerate.utils import gather_object
 from trl import SFTTrainer
 
 from ..data import LlavaDataCollator
+from ..data.collator import data_summary
 from .configs import LlavaStage1Config, LlavaStage2Config
 from .freezing import check_lora_placement, ensure_projector_saved, part_of, set_trainable, stage_parts
 from .projector import save_projector
@@ -48,13 +51,29 @@ class _LlavaTrainer(SFTTrainer):
             data_collator = LlavaDataCollator(
                 processing_class, template=args.template, max_length=args.max_length, truncation=args.truncation,
                 image_position=args.image_position, seed=args.seed, bad_image_policy=args.bad_image_policy,
-                return_image_keys=getattr(args, "cache_image_features", False),
+                return_image_keys=getattr(args, "cache_image_features", False), report_in_batch=True,
             )
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, peft_config=peft_config,
                          **kwargs)
         if peft_config is not None:
             check_lora_placement(self.model)
+        self._data_skipped: list = []  # from the batches' `data_report`: counted wherever the collator ran
+        self._data_truncated = 0
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        report = inputs.pop("data_report", None)
+        if report:
+            self._data_skipped.extend(report["skipped"])
+            self._data_truncated += report["fully_truncated"]
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def _data_summary(self, everywhere: bool) -> str:
+        skipped, truncated = self._data_skipped, self._data_truncated
+        if everywhere and self.accelerator.num_processes > 1:  # every rank's batches, on every rank
+            parts = gather_object([(skipped, truncated)])
+            skipped, truncated = [s for part in parts for s in part[0]], sum(part[1] for part in parts)
+        return data_summary(skipped, truncated)
 
     def create_optimizer(self):
         """`Trainer`'s optimizer, with the projector in its own groups at `args.projector_lr` when set."""
@@ -70,7 +89,10 @@ class _LlavaTrainer(SFTTrainer):
              **({"lr": self.args.projector_lr} if is_projector else {})}
             for (is_projector, is_decay), params in groups.items()
         ]
-        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+        if self.optimizer_cls_and_kwargs is not None:  # `Trainer(optimizer_cls_and_kwargs=...)` wins, as in Trainer
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+        else:
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
@@ -78,10 +100,14 @@ class _LlavaTrainer(SFTTrainer):
         """`Trainer.train`, then a summary of skipped samples and (with `save_at_end`) `save_model()`."""
         try:
             output = super().train(*args, **kwargs)
-        finally:
-            summary = self.data_collator.summary() if hasattr(self.data_collator, "summary") else ""
+        except BaseException:
+            summary = self._data_summary(everywhere=False)  # another rank may be gone: no collective call
             if summary:
-                logger.warning("Stage %d data: %s.", self.stage, summary)
+                logger.warning("Stage %d data (this process, before the error): %s.", self.stage, summary)
+            raise
+        summary = self._data_summary(everywhere=True)
+        if summary and self.accelerator.is_main_process:
+            logger.warning("Stage %d data: %s.", self.stage, summary)
         if self.args.save_at_end:
             self.save_model()
         return output
