@@ -6,6 +6,7 @@ vision tower + Llama (or Mistral / Qwen2) LM of the requested size; `build_proce
 processor. Nothing is downloaded.
 """
 
+import string
 from typing import Optional
 
 import numpy as np
@@ -30,18 +31,30 @@ Answer the questions. yes no left right top bottom large small one two three fou
 """
 
 
-def build_tokenizer(vocab_size: int = 512, llava_tokens: bool = True) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer with Llama's special tokens, trained on a small corpus.
+def build_tokenizer(
+    vocab_size: int = 512, llava_tokens: bool = True, style: str = "byte_level"
+) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer with Llama's special tokens, trained on a small corpus.
 
-    With `llava_tokens` it also has `<pad>` and `<image>`; without, it is like a plain Llama tokenizer.
+    `style="byte_level"` (GPT-2 / Llama-3 / Qwen2-like) or `"metaspace"` (the sentencepiece convention of
+    Llama-2 / Vicuna in legacy mode: spaces become `▁` glued to the next word, and every text segment,
+    also after a special token, gets a leading `▁`). With `llava_tokens` it also has `<pad>` and
+    `<image>`; without, it is like a plain Llama tokenizer.
     """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    if style == "byte_level":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    elif style == "metaspace":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+        alphabet = sorted(set(string.printable) - set(" \t\r\x0b\x0c") | {"\u2581"})
+    else:
+        raise ValueError(f"style={style!r}: expected 'byte_level' or 'metaspace'.")
     specials = ["<unk>", "<s>", "</s>"] + (["<pad>"] if llava_tokens else [])
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False,
     )
     tok.train_from_iterator([line for line in _CORPUS.splitlines() if line] * 4, trainer=trainer)
     bos = tok.token_to_id("<s>")

@@ -35,3 +35,11 @@ def sample(i, image=True, question="What is shown?", answer="A red square.", tur
 @pytest.fixture()
 def llava_files(tmp_path):
     return write_llava(tmp_path, [sample(0), sample(1, turns=2), sample(2, image=False)])
+
+
+@pytest.fixture(params=["byte_level", "metaspace"])
+def styled(request, tiny_config):
+    """(tokenizer, processor) for a byte-level BPE (Llama-3 / Qwen2-like) and a sentencepiece-style
+    Metaspace tokenizer (Llama-2 / Vicuna legacy, the one LLaVA-1.5 was trained with)."""
+    tokenizer = tiny.build_tokenizer(style=request.param)
+    return tokenizer, tiny.build_processor(tokenizer, tiny_config)

@@ -51,7 +51,8 @@ def folder(llava_files):
     return llava_files[1]
 
 
-def test_plain_labels_match_preprocess_plain(tiny_processor, tokenizer, folder):
+def test_plain_labels_match_preprocess_plain(styled, folder):
+    tokenizer, tiny_processor = styled
     collator = LlavaDataCollator(tiny_processor, template="plain")
     batch = collator([_row(0, folder=folder)])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
@@ -63,7 +64,8 @@ def test_plain_labels_match_preprocess_plain(tiny_processor, tokenizer, folder):
 
 
 @pytest.mark.parametrize("turns", [1, 3])
-def test_vicuna_v1_labels_match_preprocess_v1(tiny_processor, tokenizer, folder, turns):
+def test_vicuna_v1_labels_match_preprocess_v1(styled, folder, turns):
+    tokenizer, tiny_processor = styled
     collator = LlavaDataCollator(tiny_processor, template="vicuna_v1", image_position="before")
     row = _row(0, turns=turns, folder=folder)
     batch = collator([row])
@@ -75,7 +77,7 @@ def test_vicuna_v1_labels_match_preprocess_v1(tiny_processor, tokenizer, folder,
     assert labels == _expand(original_v1_labels(tokenizer, text), reference_ids, tiny_processor.image_token_id)
     # by hand: only " The cat 12.</s>" after each "ASSISTANT:" trains
     trained = tokenizer.decode([t for t in labels if t != IGNORE_INDEX])
-    assert trained == " The cat 12.</s>" * turns
+    assert trained.lstrip() == (" The cat 12.</s>" * turns).lstrip()  # Metaspace decoding drops the first space
 
 
 def test_text_only_and_image_samples_mix(tiny_processor, tokenizer, folder):
