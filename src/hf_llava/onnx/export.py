@@ -236,7 +236,7 @@ def export_onnx(
     """
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     _check_arguments(model_dir, out_dir, dtype, device)
-    total = 5 + (dtype != "fp32") + bool(validate)
+    total = 6 + (dtype != "fp32") + bool(validate)  # load, 3 graphs, side files, move (+ variant, + validation)
     with tqdm(total=total, desc="load model", disable=not show_progress) as progress:
         with atomic_folder(out_dir) as tmp_dir:  # nothing appears at out_dir unless every step succeeds
             model = _load_model(model_dir)
