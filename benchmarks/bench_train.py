@@ -2,7 +2,8 @@
 
 Each run happens in its own subprocess (peak RSS per run via `resource.getrusage`). Same weights (our state dict
 loaded into `transformers.LlavaForConditionalGeneration`), same images and captions, same batch size, CPU.
-TRL's baseline uses TRL's own `DataCollatorForVisionLanguageModeling` on a `messages` + `images` dataset (it masks
+TRL's baseline uses TRL's own `DataCollatorForVisionLanguageModeling` on a `messages` + `images` dataset (images
+as `datasets.Image` features decoded on access, as ours are read on access; TRL's collator masks
 neither the prompt nor the image tokens, so it does slightly different work; the comparison is of the pipelines).
 
     python benchmarks/bench_train.py --samples 64 --epochs 2 --batch-size 8
@@ -56,7 +57,6 @@ def _run(kind: str, data: str, folder: str, epochs: float, batch: int, size: dic
         args = LlavaStage1Config(save_at_end=False, cache_image_features=kind == "ours_cache", **common)
         trainer = LlavaStage1Trainer(model=model, args=args, train_dataset=ds, processing_class=processor)
     else:
-        from PIL import Image
         from transformers import LlavaConfig as HFConfig, LlavaForConditionalGeneration as HFLlava
 
         c = model.config
@@ -68,15 +68,18 @@ def _run(kind: str, data: str, folder: str, epochs: float, batch: int, size: dic
         hf_model = HFLlava(hf_config)
         hf_model.load_state_dict(model.state_dict(), strict=True)
         set_trainable(hf_model, ["projector"])
-        rows = [{"images": [Image.open(r["image"]).convert("RGB")],
+        # TRL's usual VLM dataset: an `images` column of `datasets.Image` features, decoded on access, as
+        # ours reads its image files on access (neither side holds decoded images in memory up front).
+        rows = [{"images": [r["image"]],
                  "messages": [{"role": "user", "content": [{"type": "image", "text": None}]},
                               {"role": "assistant",
                                "content": [{"type": "text", "text": r["conversations"][1]["value"]}]}]} for r in ds]
-        from datasets import Dataset
+        from datasets import Dataset, Image as ImageFeature, Sequence
 
         args = SFTConfig(learning_rate=1e-3, gradient_checkpointing=False, max_length=None,
                          dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, **common)
-        trainer = SFTTrainer(model=hf_model, args=args, train_dataset=Dataset.from_list(rows),
+        dataset = Dataset.from_list(rows).cast_column("images", Sequence(ImageFeature()))
+        trainer = SFTTrainer(model=hf_model, args=args, train_dataset=dataset,
                              processing_class=processor)
     start = time.perf_counter()
     trainer.train()
