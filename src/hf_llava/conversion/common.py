@@ -27,17 +27,17 @@ from transformers.utils.hub import convert_file_size_to_int
 from tqdm.auto import tqdm
 
 from .._atomic import atomic_folder
+from ..modeling import LlavaForConditionalGeneration
 
 PathLike = Union[str, os.PathLike]
 _MAX_LISTED = 20
 # transformers 4.57 loads llava with the new names (left) but `save_pretrained` writes the older on-disk
 # names (right; `_checkpoint_conversion_mapping` reversed), which older transformers, vLLM and SGLang
 # read. Both hf-llava and llava-hf folders use them; conversions accept either and write the right column.
-SAVED_LAYOUT = (
-    ("model.language_model.", "language_model.model."),
-    ("lm_head.", "language_model.lm_head."),
-    ("model.vision_tower.", "vision_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
+# Derived from the model's own mapping (`^old` -> `new`), the one its `load_state_dict` also applies.
+SAVED_LAYOUT = tuple(
+    (new + ".", pattern.lstrip("^") + ".")
+    for pattern, new in LlavaForConditionalGeneration._checkpoint_conversion_mapping.items()
 )
 
 

@@ -190,23 +190,10 @@ class LlavaDataCollator:
 
         return [(shift(a), shift(b)) for a, b in spans]
 
-    def _truncate(self, row: dict, expanded_text: str, ids: list[int], labels: list[int]) -> tuple[list, list]:
-        """Cut to `max_length` with the processor's truncation (it raises instead of cutting image tokens)."""
-        kept = self.processor(text=expanded_text, truncation=self.truncation, max_length=self.max_length)["input_ids"][0]
-        # `kept` is `ids` minus some tokens; align from the side that is kept (greedy earliest match).
-        order = list(range(len(ids)))
-        if self.tokenizer.truncation_side == "left":
-            order.reverse()
-            kept = list(reversed(kept))
-        positions, j = [], 0
-        for i in order:
-            if j < len(kept) and ids[i] == kept[j]:
-                positions.append(i)
-                j += 1
-        if j != len(kept):
-            raise LlavaMaskError(f"Sample {row['id']!r}: could not align labels with the truncated tokens.")
-        positions.sort()
-        return [ids[i] for i in positions], [labels[i] for i in positions]
+    def _truncate(self, row: dict, ids: list[int], labels: list[int]) -> tuple[list, list]:
+        """Cut to `max_length` at the positions the processor's truncation keeps (never image tokens)."""
+        keep = self.processor.kept_positions(ids, self.truncation, self.max_length, f"Sample {row['id']!r}")
+        return [ids[i] for i in keep], [labels[i] for i in keep]
 
     # ----- images -----
 
@@ -249,8 +236,7 @@ class LlavaDataCollator:
             ids, offsets = list(out["input_ids"][i]), out["offset_mapping"][i]
             labels = self._labels(row, ids, offsets, self._expanded_spans(text, spans, tokens_per_image))
             if self.max_length is not None and len(ids) > self.max_length:
-                expanded = text.replace(self.image_token, self.image_token * tokens_per_image)
-                ids, labels = self._truncate(row, expanded, ids, labels)
+                ids, labels = self._truncate(row, ids, labels)
                 if all(label == IGNORE_INDEX for label in labels):
                     self.fully_truncated += 1
             sample = {"input_ids": ids, "labels": labels, "id": row["id"]}

@@ -157,41 +157,48 @@ class LlavaProcessor(ProcessorMixin):
         """Tokenize, then truncate each sequence to `max_length` without ever cutting an image token."""
         padding = text_kwargs.pop("padding", False)
         encoded = self.tokenizer(prompts, **{**text_kwargs, "padding": False, "truncation": False})
-        left = self.tokenizer.truncation_side == "left"
         rows = []
         for i, ids in enumerate(encoded["input_ids"]):
-            excess = len(ids) - max_length
-            n_image = sum(1 for t in ids if t == self.image_token_id)
-            if excess <= 0:
-                rows.append(list(ids))
-                continue
-            if truncation == "text_only":
-                if n_image > max_length:
-                    raise ValueError(
-                        f"Sample {i}: its {n_image} image tokens alone exceed max_length={max_length}; "
-                        "raise max_length or pass fewer images."
-                    )
-                order = range(len(ids)) if left else range(len(ids) - 1, -1, -1)
-                drop = set()
-                for j in order:
-                    if len(drop) == excess:
-                        break
-                    if ids[j] != self.image_token_id:
-                        drop.add(j)
-                rows.append([t for j, t in enumerate(ids) if j not in drop])
-                continue
-            kept = ids[excess:] if left else ids[:max_length]
-            if sum(1 for t in kept if t == self.image_token_id) != n_image:
-                raise ValueError(
-                    f"Sample {i} has {len(ids)} tokens ({n_image} of them image tokens); truncating it to "
-                    f"max_length={max_length} would cut through its image tokens. Raise max_length, shorten "
-                    "the text, or pass truncation='text_only' to drop text tokens only."
-                )
-            rows.append(list(kept))
+            rows.append([ids[j] for j in self.kept_positions(ids, truncation, max_length, f"Sample {i}")])
         features = {"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]}
         if padding:
             features = self.tokenizer.pad(features, padding=padding, max_length=max_length)
         return dict(features)
+
+    def kept_positions(self, ids: list[int], truncation, max_length: int, name: str = "The sample") -> list[int]:
+        """Positions of `ids` that truncation to `max_length` keeps, never cutting an image token.
+
+        `truncation=True` cuts on the tokenizer's truncation side and raises if that would cut image
+        tokens; `"text_only"` drops text tokens from that side and keeps every image token. `name`
+        names the sequence in errors. (The training collator applies the same positions to its labels.)
+        """
+        excess = len(ids) - max_length
+        if excess <= 0:
+            return list(range(len(ids)))
+        left = self.tokenizer.truncation_side == "left"
+        n_image = sum(1 for t in ids if t == self.image_token_id)
+        if truncation == "text_only":
+            if n_image > max_length:
+                raise ValueError(
+                    f"{name}: its {n_image} image tokens alone exceed max_length={max_length}; "
+                    "raise max_length or pass fewer images."
+                )
+            order = range(len(ids)) if left else range(len(ids) - 1, -1, -1)
+            drop = set()
+            for j in order:
+                if len(drop) == excess:
+                    break
+                if ids[j] != self.image_token_id:
+                    drop.add(j)
+            return [j for j in range(len(ids)) if j not in drop]
+        kept = range(excess, len(ids)) if left else range(max_length)
+        if sum(1 for j in kept if ids[j] == self.image_token_id) != n_image:
+            raise ValueError(
+                f"{name} has {len(ids)} tokens ({n_image} of them image tokens); truncating it to "
+                f"max_length={max_length} would cut through its image tokens. Raise max_length, shorten "
+                "the text, or pass truncation='text_only' to drop text tokens only."
+            )
+        return list(kept)
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
