@@ -122,6 +122,12 @@ total = sum(float(p.detach().double().sum()) for p in model.model.multi_modal_pr
 with open(os.path.join(sys.argv[3], f"rank{rank}.json"), "w") as f:
     json.dump({"world": trainer.accelerator.num_processes, "sum": total, "initial": initial,
                "step": trainer.state.global_step}, f)
+trainer.accelerator.end_training()
+# Skip interpreter finalisation: with torch 2.13's gloo backend on CPU, a process-group worker thread that
+# touches Python while the interpreter shuts down is force-unwound and aborts the process ("terminate called
+# without an active exception", exit -6) in a fraction of runs, after all the work above is done and written.
+sys.stdout.flush(); sys.stderr.flush()
+os._exit(0)
 """
 
 

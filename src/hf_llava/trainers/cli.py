@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         merge_lora(trainer.model, merged_dir, processor)
         logger.info("Merged model written to %s", merged_dir)
     logger.info("Stage %s done: %s", args.stage[-1], args.output)
+    trainer.accelerator.end_training()  # tears down the process group: a live one can abort the interpreter at exit
     return 0
 
 
