@@ -4,24 +4,44 @@ Importing this package registers `LlavaConfig` (`model_type="hf_llava"`), `Llava
 `LlavaForConditionalGeneration` with transformers' `AutoConfig`, `AutoProcessor`,
 `AutoModelForVision2Seq` and `AutoModelForImageTextToText`, and marks them for `auto_map`, so saved
 folders also load with `trust_remote_code=True` where hf-llava is not installed.
+
+The public names are imported on first use, and so is transformers: `import transformers` takes
+seconds, and `hf-llava --help` must not. The registration happens as soon as transformers is
+imported (at once when it already is), so `import hf_llava` then any Auto class works as before.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForImageTextToText,
-    AutoModelForVision2Seq,
-    AutoProcessor,
-)
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 
-from .hub import push_to_hub, write_model_card
-from .modeling import LlavaConfig, LlavaForConditionalGeneration, LlavaModel
-from .processing import CHAT_TEMPLATES, LlavaProcessor, add_llava_tokens
+from ._lazy import lazy_names
 
 __version__ = "0.1.0"
 
+__getattr__, __dir__ = lazy_names(__name__, {
+    "CHAT_TEMPLATES": ".processing",
+    "LlavaConfig": ".modeling",
+    "LlavaForConditionalGeneration": ".modeling",
+    "LlavaModel": ".modeling",
+    "LlavaProcessor": ".processing",
+    "add_llava_tokens": ".processing",
+    "push_to_hub": ".hub",
+    "write_model_card": ".hub",
+})
+
+
+_state = {"transformers_ready": "transformers" in sys.modules, "registered": False}
+
 
 def _register() -> None:
+    if _state["registered"]:
+        return
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForVision2Seq, AutoProcessor
+
+    from .modeling import LlavaConfig, LlavaForConditionalGeneration, LlavaModel
+    from .processing import LlavaProcessor
+
     AutoConfig.register(LlavaConfig.model_type, LlavaConfig, exist_ok=True)
     AutoModel.register(LlavaConfig, LlavaModel, exist_ok=True)
     AutoModelForVision2Seq.register(LlavaConfig, LlavaForConditionalGeneration, exist_ok=True)
@@ -31,9 +51,52 @@ def _register() -> None:
     LlavaConfig.register_for_auto_class()
     LlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
     LlavaProcessor.register_for_auto_class("AutoProcessor")
+    _state["registered"] = True
 
 
-_register()
+def _register_pending() -> None:
+    """Register once transformers is loaded; a no-op while one of our modules is still half-imported.
+
+    `hf_llava.modeling` and `hf_llava.processing` call it when they finish importing: importing them is
+    what imports transformers in the first place, and the registration needs them whole.
+    """
+    if not _state["transformers_ready"] or _state["registered"]:
+        return
+    try:
+        _register()
+    except ImportError as error:
+        if "partially initialized" not in str(error):
+            raise
+
+
+class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
+    """Runs `_register` right after `transformers` finishes importing (one shot, then it leaves `sys.meta_path`)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "transformers":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _state["transformers_ready"] = True
+            try:
+                _register_pending()
+            except Exception as error:  # never break `import transformers` for a user who does not need us
+                warnings.warn(f"hf-llava could not register its Auto classes: {error!r}", stacklevel=2)
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+
+if _state["transformers_ready"]:
+    _register_pending()
+else:
+    sys.meta_path.insert(0, _RegisterWhenTransformersLoads())
 
 __all__ = [
     "CHAT_TEMPLATES",

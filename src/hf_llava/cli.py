@@ -2,11 +2,16 @@
 
 Each command's arguments are declared next to the library function it calls, in a module with
 `configure_parser(parser)` and `run(args) -> int`; this file only routes to them, importing the one
-that is used (so `hf-llava demo` never imports TRL or ONNX Runtime).
+that is used (so `--help` answers at once and `hf-llava demo` never imports TRL or ONNX Runtime).
+
+Expected errors (bad paths, bad data, bad flags, unreadable weights, a missing extra) are printed as
+one or two lines naming the input and the fix, in flag spelling, with exit code 2; `--debug` shows
+the full traceback. Anything else is a bug and keeps its traceback.
 """
 
 import argparse
 import importlib
+import re
 import sys
 from typing import Optional
 
@@ -16,17 +21,68 @@ COMMANDS = {
     "convert": ("hf_llava.conversion.cli", "convert original LLaVA / llava-hf checkpoints to and from hf-llava"),
     "export-onnx": ("hf_llava.onnx.cli", "export to ONNX (vision encoder, embeddings, decoder) and validate"),
 }
+EXIT_USAGE = 2  # what argparse returns for bad flags; used for every expected error
+_MAX_LINES = 2
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default (`--help`); every parser of the CLI uses it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or isinstance(action.default, bool):
+            return action.help  # "(default: None/False)" says nothing for optional paths and switches
+        return super()._get_help_string(action)
+
+
+def add_parser(subparsers, name: str, help_text: str, **kwargs) -> argparse.ArgumentParser:
+    """A sub-command parser with the CLI's help formatter (use it for nested sub-commands too)."""
+    return subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
+                                 **kwargs)
 
 
 def build_parser(argv: Optional[list] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-llava", description="LLaVA on the Hugging Face stack.")
+    parser = argparse.ArgumentParser(prog="hf-llava", description="LLaVA on the Hugging Face stack.",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = next((a for a in (argv or []) if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text, description=help_text)
+        command = add_parser(sub, name, help_text)
         if name == wanted:  # import only the module of the command that runs
             importlib.import_module(module).configure_parser(command)
     return parser
+
+
+def _expected_errors() -> tuple:
+    from ._extras import MissingExtraError
+
+    return (ValueError, OSError, MissingExtraError)
+
+
+def _flag_spelling(message: str, parser: argparse.ArgumentParser) -> str:
+    """Rewrite library spellings (`bad_image_policy='skip'`, `overwrite=True`) into the command's flags."""
+    actions = [a for a in parser._actions if a.option_strings]
+    for sub in parser._actions:  # nested sub-commands (train stage1 / stage2)
+        if isinstance(sub, argparse._SubParsersAction):
+            for child in sub.choices.values():
+                actions += [a for a in child._actions if a.option_strings]
+    for action in actions:
+        flag = max(action.option_strings, key=len)
+        if isinstance(action, argparse._StoreTrueAction):
+            message = re.sub(rf"`?\b{action.dest}=True\b`?", flag, message)
+        elif isinstance(action, argparse._StoreFalseAction):
+            message = re.sub(rf"`?\b{action.dest}=False\b`?", flag, message)
+        else:
+            message = re.sub(rf"`?\b{action.dest}=(['\"]?)([^'\"\s,;)`]+)\1`?", rf"{flag} \2", message)
+    return message
+
+
+def _report(command: str, error: BaseException, parser: argparse.ArgumentParser) -> None:
+    lines = _flag_spelling(str(error), parser).strip().splitlines() or [type(error).__name__]
+    shown = lines[:_MAX_LINES]
+    if len(lines) > _MAX_LINES:
+        shown[-1] += f"  (+{len(lines) - _MAX_LINES} more lines with --debug)"
+    print(f"hf-llava {command}: error: " + "\n  ".join(shown), file=sys.stderr)
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -35,8 +91,18 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
-    return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        return EXIT_USAGE
+    command_parser = parser._subparsers._group_actions[0].choices[args.command]
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"hf-llava {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug or not isinstance(error, _expected_errors()):
+            raise
+        _report(args.command, error, command_parser)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -5,9 +5,14 @@ Every conversion accounts for every key (an unused source key or an unfilled tar
 folder beside it that is moved into place only when the conversion succeeded.
 """
 
-from .common import ConversionError
-from .llava_hf import convert_hf_llava_to_llava_hf, convert_llava_hf_to_hf_llava
-from .original import convert_original_to_hf_llava
+from .._lazy import lazy_names
+
+__getattr__, __dir__ = lazy_names(__name__, {
+    "ConversionError": ".common",
+    "convert_hf_llava_to_llava_hf": ".llava_hf",
+    "convert_llava_hf_to_hf_llava": ".llava_hf",
+    "convert_original_to_hf_llava": ".original",
+})
 
 __all__ = [
     "ConversionError",

@@ -4,6 +4,10 @@ from .chat_templates import ASSISTANT_END, CHAT_TEMPLATES, get_chat_template
 from .image_loading import load_image, load_images
 from .processing_llava import LlavaProcessor, add_llava_tokens
 
+from .. import _register_pending  # noqa: E402  (registers the Auto classes once transformers is loaded)
+
+_register_pending()
+
 __all__ = [
     "ASSISTANT_END",
     "CHAT_TEMPLATES",
