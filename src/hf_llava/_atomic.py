@@ -1,4 +1,8 @@
-"""All-or-nothing output folders: what conversions and exports write appears complete or not at all."""
+"""Output folders: the one overwrite rule, and all-or-nothing writing (complete or not at all).
+
+Every command that writes a folder (convert, export-onnx, train) refuses an existing non-empty one
+unless told to replace it (`overwrite=True`, `--overwrite`), and builds its result beside it.
+"""
 
 import os
 import shutil
@@ -44,3 +48,26 @@ def atomic_folder(dst: Union[str, os.PathLike], tag: str = "partial") -> Iterato
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_folder(dst: Union[str, os.PathLike], overwrite: bool = False, what: str = "output folder") -> Path:
+    """Refuse an existing, non-empty `dst` unless `overwrite`; returns `dst` as an absolute path.
+
+    Call it before any slow work (loading a model) so that a refused run costs nothing.
+    """
+    dst = Path(dst).absolute()
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+        raise FileExistsError(
+            f"{what} {dst} already exists and is not empty; choose another folder or pass overwrite=True "
+            "to replace it (it is replaced only once the new one is complete)."
+        )
+    return dst
+
+
+@contextmanager
+def atomic_output(dst: Union[str, os.PathLike], overwrite: bool = False, what: str = "output folder",
+                  tag: str = "partial") -> Iterator[Path]:
+    """`check_output_folder`, then `atomic_folder`: a temporary folder that becomes `dst` on success."""
+    dst = check_output_folder(dst, overwrite, what)
+    with atomic_folder(dst, tag=tag) as tmp:
+        yield tmp

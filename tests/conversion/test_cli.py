@@ -17,7 +17,7 @@ def test_cli_round_trip(saved_llava, tmp_path, capsys):
     assert json.loads((tmp_path / "back" / "config.json").read_text())["model_type"] == "hf_llava"
     assert "[INST]" in (tmp_path / "back" / "chat_template.jinja").read_text()
     # An existing DST is refused with a message, not a traceback.
-    assert main(["convert", "--from", "hf-llava", "--to", "llava-hf", str(saved_llava), str(tmp_path / "hf")]) == 1
+    assert main(["convert", "--from", "hf-llava", "--to", "llava-hf", str(saved_llava), str(tmp_path / "hf")]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
@@ -25,7 +25,7 @@ def test_cli_original_needs_model_base_for_a_projector(tmp_path, capsys):
     (tmp_path / "stage1").mkdir()
     (tmp_path / "stage1" / "mm_projector.bin").write_bytes(b"")
     code = main(["convert", "--from", "original", "--to", "hf-llava", str(tmp_path / "stage1"), str(tmp_path / "out")])
-    assert code == 1 and "--model-base" in capsys.readouterr().err
+    assert code == 2 and "--model-base" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

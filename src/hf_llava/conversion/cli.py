@@ -1,7 +1,7 @@
 """`hf-llava convert`: the arguments of the conversions and the call into `hf_llava.conversion`."""
 
 import argparse
-import sys
+import os
 
 _ROUTES = {
     ("original", "hf-llava"): "convert_original_to_hf_llava",
@@ -20,46 +20,45 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dst", metavar="DST", help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--vision-tower", help="original: local CLIP folder (default: the config's mm_vision_tower)")
     parser.add_argument("--model-base", help="original: the LM folder under a stage-1 projector or a LoRA adapter")
-    parser.add_argument("--chat-template", help="name from hf_llava.CHAT_TEMPLATES or a .jinja file "
-                        "(default: vicuna_v1 "
-                        "for original, the source's template for llava-hf)")
-    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard (default 5GB)")
+    parser.add_argument("--chat-template", help="a name from hf_llava.CHAT_TEMPLATES or a .jinja file (default: "
+                        "vicuna_v1 for original, the source's template for llava-hf)")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing DST (only once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Call the conversion named by --from/--to; print a `ConversionError` and return 1 instead of a traceback."""
-    from hf_llava import conversion
+def _read_template(value: str) -> str:
+    """`--chat-template`: a `.jinja` file's text, or a template name checked by the one resolver."""
+    from ..processing.chat_templates import get_chat_template
 
+    if value.endswith(".jinja"):
+        if not os.path.isfile(value):
+            raise FileNotFoundError(f"chat_template={value}: no such file; pass a .jinja file or a template name.")
+        with open(value, encoding="utf-8") as f:
+            return get_chat_template(f.read())
+    get_chat_template(value)  # a typo fails here, listing the names
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Call the conversion named by --from/--to; errors raise (the CLI prints them in two lines)."""
     route = _ROUTES.get((args.source_format, args.target_format))
     if route is None:
-        print(f"hf-llava convert: --from {args.source_format} --to {args.target_format} is not a conversion; "
-              f"expected one of {', '.join(f'{a} -> {b}' for a, b in _ROUTES)}.", file=sys.stderr)
-        return 2
+        raise ValueError(f"--from {args.source_format} --to {args.target_format} is not a conversion; expected one "
+                         f"of {', '.join(f'{a} -> {b}' for a, b in _ROUTES)}.")
+    template = _read_template(args.chat_template) if args.chat_template else None
+    if route != "convert_original_to_hf_llava" and (args.vision_tower or args.model_base):
+        raise ValueError("--vision-tower / --model-base apply to --from original only.")
+    if route == "convert_hf_llava_to_llava_hf" and template:
+        raise ValueError("--chat-template does not apply to --to llava-hf (the source's is kept).")
+    from hf_llava import conversion
+
     kwargs = {"max_shard_size": args.max_shard_size, "overwrite": args.overwrite, "progress": not args.no_progress}
-    template = args.chat_template
-    if template and template.endswith(".jinja"):
-        with open(template, encoding="utf-8") as f:
-            template = f.read()
     if route == "convert_original_to_hf_llava":
-        kwargs.update(
-            vision_tower=args.vision_tower, model_base=args.model_base, chat_template=template or "vicuna_v1"
-        )
-    elif args.vision_tower or args.model_base:
-        print("hf-llava convert: --vision-tower / --model-base apply to --from original only.", file=sys.stderr)
-        return 2
+        kwargs.update(vision_tower=args.vision_tower, model_base=args.model_base, chat_template=template or "vicuna_v1")
     elif route == "convert_llava_hf_to_hf_llava":
         kwargs["chat_template"] = template
-    elif template:
-        print("hf-llava convert: --chat-template does not apply to --to llava-hf (the source's is kept).",
-              file=sys.stderr)
-        return 2
-    try:
-        out = getattr(conversion, route)(args.src, args.dst, **kwargs)
-    except (conversion.ConversionError, FileExistsError) as error:
-        print(f"hf-llava convert: {error}", file=sys.stderr)
-        return 1
+    out = getattr(conversion, route)(args.src, args.dst, **kwargs)
     print(f"Wrote {out}")
     return 0

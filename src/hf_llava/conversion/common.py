@@ -6,15 +6,14 @@
 - `ShardWriter`: streams converted tensors into `model-0000i-of-0000N.safetensors` shards plus the
   index, so memory stays near one shard (the library savers take a whole state dict at once).
 - `TensorSource` / `write_converted`: the one loop every conversion runs (account, map, write).
-- `atomic_output`: builds the result in a temporary folder beside DST and moves it into place only
-  when everything succeeded; a failure leaves no DST and an existing DST untouched.
+(`hf_llava._atomic.atomic_output` builds the result beside DST and moves it into place only when
+everything succeeded; a failure leaves no DST and an existing DST untouched.)
 """
 
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -26,7 +25,6 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGH
 from transformers.utils.hub import convert_file_size_to_int
 from tqdm.auto import tqdm
 
-from .._atomic import atomic_folder
 from ..modeling import LlavaForConditionalGeneration
 
 PathLike = Union[str, os.PathLike]
@@ -251,22 +249,6 @@ def write_converted(
         del tensors
     bar.close()
     return writer.close()
-
-
-@contextmanager
-def atomic_output(dst: PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a temporary folder beside `dst`; on success it becomes `dst`, on any error it is removed.
-
-    An existing non-empty `dst` is an error unless `overwrite=True`; even then it is replaced only
-    after the new folder is complete.
-    """
-    dst = Path(dst).absolute()
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"{dst} already exists and is not empty; choose another DST or pass overwrite=True (--overwrite)."
-        )
-    with atomic_folder(dst, tag="converting") as tmp:
-        yield tmp
 
 
 def copy_if_present(src: PathLike, dst: PathLike, names: tuple[str, ...]) -> None:

@@ -18,12 +18,12 @@ from transformers import GenerationConfig
 from transformers.dynamic_module_utils import custom_object_save
 
 from ..modeling import LlavaConfig, LlavaForConditionalGeneration
-from ..processing import CHAT_TEMPLATES, LlavaProcessor
+from ..processing import LlavaProcessor, get_chat_template
+from .._atomic import atomic_output
 from .common import (
     DROP,
     ConversionError,
     PathLike,
-    atomic_output,
     expected_state,
     file_sources,
     loaded_name,
@@ -112,7 +112,7 @@ def convert_llava_hf_to_hf_llava(
         vision_feature_select_strategy=(
             processor.vision_feature_select_strategy or config.vision_feature_select_strategy
         ),
-        chat_template=CHAT_TEMPLATES.get(template, template),
+        chat_template=get_chat_template(template),
         image_token=processor.image_token,
         num_additional_image_tokens=getattr(processor, "num_additional_image_tokens", None)
         or config.num_additional_image_tokens,

@@ -28,12 +28,12 @@ from transformers import AutoConfig, AutoTokenizer
 from ..modeling import LlavaConfig, LlavaForConditionalGeneration
 from ..modeling.configuration_llava import projector_depth
 from ..processing import LlavaProcessor
+from .._atomic import atomic_output
 from .common import (
     DROP,
     ConversionError,
     PathLike,
     TensorSource,
-    atomic_output,
     expected_state,
     file_sources,
     load_tensors,
