@@ -8,6 +8,7 @@ working offline in seconds. Point `--model` at a real checkpoint folder for a re
 """
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -24,14 +25,21 @@ def run_demo(model_path: str = None, question: str = DEFAULT_QUESTION, image_pat
     from . import tiny
     from .processing import load_image
 
+    if model_path is not None and not os.path.isfile(os.path.join(model_path, "config.json")):
+        raise FileNotFoundError(f"model={model_path} is not a model folder (no config.json); pass a saved hf-llava "
+                                "folder, or leave it out to build a small random model.")
+    if image_path is not None and not os.path.isfile(image_path):
+        raise FileNotFoundError(f"image={image_path}: no such file; pass an image file.")
+    kept = model_path or output_dir
     start = time.perf_counter()
-    if model_path is None:
-        model, processor = tiny.build_llava(hidden_size=128, num_layers=4, vision_hidden_size=64)
-        model_path = output_dir or tempfile.mkdtemp(prefix="hf-llava-demo-")
-        model.save_pretrained(model_path)
-        processor.save_pretrained(model_path)
-    model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
-    processor = AutoProcessor.from_pretrained(model_path)
+    with contextlib.ExitStack() as cleanup:  # a temporary model folder is removed when the demo ends
+        if model_path is None:
+            model, processor = tiny.build_llava(hidden_size=128, num_layers=4, vision_hidden_size=64)
+            model_path = output_dir or cleanup.enter_context(tempfile.TemporaryDirectory(prefix="hf-llava-demo-"))
+            model.save_pretrained(model_path)
+            processor.save_pretrained(model_path)
+        model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
+        processor = AutoProcessor.from_pretrained(model_path)
     image = load_image(image_path) if image_path else tiny.demo_image()
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -40,7 +48,7 @@ def run_demo(model_path: str = None, question: str = DEFAULT_QUESTION, image_pat
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     answer = processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return {
-        "model": model_path,
+        "model": kept or "built in a temporary folder (removed)",
         "parameters": sum(p.numel() for p in model.parameters()),
         "prompt": prompt,
         "input_tokens": int(inputs["input_ids"].shape[1]),
@@ -53,9 +61,10 @@ def run_demo(model_path: str = None, question: str = DEFAULT_QUESTION, image_pat
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a saved hf-llava folder (default: build a small random one)")
     parser.add_argument("--image", default=None, help="an image file (default: a generated picture)")
-    parser.add_argument("--question", default=DEFAULT_QUESTION)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--output-dir", default=None, help="where to save the built model (default: a temp folder)")
+    parser.add_argument("--question", default=DEFAULT_QUESTION, help="what to ask about the image")
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="longest answer, in tokens")
+    parser.add_argument("--output-dir", default=None,
+                        help="where to save the built model (default: a temporary folder, removed at the end)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -135,3 +135,20 @@ def test_string_content_passes_through(tiny_processor):
 def test_unknown_template_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="vicuna_v1"):
         get_chat_template("vicuna")
+
+
+def test_a_mistyped_name_is_refused_everywhere(tiny_processor, tmp_path, capsys):
+    """One resolver: a known name or Jinja source; a typo is not rendered as the template."""
+    from hf_llava import LlavaProcessor
+    from hf_llava.cli import main
+
+    with pytest.raises(ValueError, match="chat_template='vicuna' is neither a known template.*vicuna_v1"):
+        LlavaProcessor(image_processor=tiny_processor.image_processor, tokenizer=tiny_processor.tokenizer,
+                       patch_size=6, chat_template="vicuna")
+    jinja = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert get_chat_template(jinja) == jinja
+    code = main(["convert", "--from", "llava-hf", "--to", "hf-llava", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--chat-template", "vicuna"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--chat-template vicuna" in err and "vicuna_v1" in err
+    assert not (tmp_path / "b").exists()

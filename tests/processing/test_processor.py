@@ -77,6 +77,25 @@ def test_image_inputs_of_every_kind(tiny_processor, images, tmp_path):
         assert pixel_values.shape == reference.shape, mode
 
 
+def test_alpha_is_dropped_as_pil_convert_and_arrays_match_pil(tiny_processor, images):
+    """RGBA / LA / L inputs give what `PIL.Image.convert("RGB")` gives (the original's and transformers' rule),
+    whether passed as PIL images or as (H, W, 4) / (H, W) arrays."""
+    rgba = np.asarray(images[0].convert("RGBA")).copy()
+    rgba[..., 3] = np.linspace(0, 255, rgba.shape[1], dtype=np.uint8)  # varying transparency
+    pil = Image.fromarray(rgba, "RGBA")
+
+    def pixels(image):
+        return tiny_processor(images=image, text="<image>", return_tensors="pt")["pixel_values"]
+
+    expected = pixels(pil.convert("RGB"))
+    assert torch.allclose(pixels(pil), expected, atol=1e-6)
+    assert torch.allclose(pixels(rgba), expected, atol=1e-6)
+    gray = np.asarray(images[0].convert("L"))
+    assert torch.allclose(pixels(gray), pixels(Image.fromarray(gray, "L")), atol=1e-6)
+    la = np.stack([gray, np.full_like(gray, 7)], axis=-1)
+    assert torch.allclose(pixels(la), pixels(Image.fromarray(gray, "L")), atol=1e-6)
+
+
 def test_bad_images_are_named(tiny_processor, tmp_path):
     corrupt = tmp_path / "broken.jpg"
     corrupt.write_bytes(b"not a jpeg at all")
@@ -93,6 +112,34 @@ def test_bad_images_are_named(tiny_processor, tmp_path):
 def test_placeholder_and_image_counts_must_agree(tiny_processor, images):
     with pytest.raises(ValueError, match="1 '<image>' placeholder.*2 image"):
         tiny_processor(images=images, text="USER: <image>\nhi")
+    # a placeholder without an image would stay one unexpanded token the model reads as a word
+    with pytest.raises(ValueError, match="1 '<image>' placeholder.*0 image"):
+        tiny_processor(text="USER: <image>\nWhat is shown? ASSISTANT:")
+    with pytest.raises(ValueError, match="0 '<image>' placeholder.*1 image"):
+        tiny_processor(images=images[0], text="USER: What is shown? ASSISTANT:")
+
+
+def test_model_refuses_image_tokens_without_images(tiny_model, tiny_processor, images):
+    inputs = tiny_processor(images=images[0], text="USER: <image>\nhi ASSISTANT:", return_tensors="pt")
+    with pytest.raises(ValueError, match=r"has 25 image tokens .* no pixel_values"):
+        tiny_model(input_ids=inputs["input_ids"])
+    with pytest.raises(ValueError, match=r"has 0 image tokens .* 1 image\(s\) x 25"):
+        text_only = tiny_processor(text="USER: hi ASSISTANT:", return_tensors="pt")
+        tiny_model(input_ids=text_only["input_ids"], pixel_values=inputs["pixel_values"])
+    # generation still works (decoding steps feed one token and no pixel values)
+    out = tiny_model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_loading_a_saved_processor_is_quiet(saved_llava, caplog):
+    import logging
+
+    from transformers import AutoProcessor
+
+    with caplog.at_level(logging.WARNING):
+        processor = AutoProcessor.from_pretrained(saved_llava)
+    assert not [r for r in caplog.records if "slow image processor" in r.getMessage()]
+    assert type(processor.image_processor).__name__ == "LlavaImageProcessor"  # the PIL/numpy one
 
 
 def test_truncation_never_cuts_image_tokens(tiny_processor, images):

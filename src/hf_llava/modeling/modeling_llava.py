@@ -200,6 +200,24 @@ class LlavaModel(LlavaPreTrainedModel):
         mask = mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.device, inputs_embeds.dtype))
 
+    @staticmethod
+    def _prompt_step(input_ids: torch.LongTensor, past_key_values: Optional[Cache]) -> bool:
+        """A prompt (not a one-token decoding step): where image tokens without images must be caught.
+
+        Decoding steps are skipped so that generation does not pay a device sync per token.
+        """
+        return input_ids.shape[-1] > 1 or past_key_values is None or past_key_values.get_seq_length() == 0
+
+    def _check_no_image_tokens(self, input_ids: torch.LongTensor) -> None:
+        if torch.compiler.is_compiling():
+            return
+        found = int((input_ids == self.config.image_token_id).sum())
+        if found:
+            raise ValueError(
+                f"The prompt has {found} image tokens (id {self.config.image_token_id}) but no pixel_values were "
+                "given: pass the image(s) (LlavaProcessor(images=..., text=...)) or remove '<image>' from the text."
+            )
+
     @can_return_tuple
     def forward(
         self,
@@ -220,6 +238,8 @@ class LlavaModel(LlavaPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, H)
         image_features = None
+        if pixel_values is None and input_ids is not None and self._prompt_step(input_ids, past_key_values):
+            self._check_no_image_tokens(input_ids)
         if pixel_values is not None:
             image_features = self.get_image_features(
                 pixel_values, vision_feature_layer, vision_feature_select_strategy

@@ -140,14 +140,27 @@ ASSISTANT_END: dict[str, str] = {
 }
 
 
-def get_chat_template(name: str) -> str:
-    """The Jinja source of a LLaVA conversation format, with an error listing the known names."""
-    try:
-        return CHAT_TEMPLATES[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown chat template {name!r}; expected one of {', '.join(sorted(CHAT_TEMPLATES))}."
-        ) from None
+def is_jinja(text: str) -> bool:
+    """Whether `text` looks like Jinja source (has a `{{ ... }}` or `{% ... %}` tag) rather than a name."""
+    return ("{{" in text and "}}" in text) or ("{%" in text and "%}" in text)
 
 
-__all__ = ["ASSISTANT_END", "CHAT_TEMPLATES", "get_chat_template"]
+def get_chat_template(name_or_source: str) -> str:
+    """The one template resolver: a `CHAT_TEMPLATES` name -> its Jinja source; Jinja source -> itself.
+
+    Anything else (a mistyped name such as `"vicuna"`) raises, listing the known names: it would
+    otherwise become a template that renders its own name for every conversation.
+    """
+    if not isinstance(name_or_source, str):
+        raise TypeError(f"chat_template must be a template name or Jinja source, got {type(name_or_source).__name__}.")
+    if name_or_source in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[name_or_source]
+    if is_jinja(name_or_source):
+        return name_or_source
+    raise ValueError(
+        f"chat_template={name_or_source!r} is neither a known template ({', '.join(sorted(CHAT_TEMPLATES))}) "
+        "nor Jinja source; pick one of those names or pass the template's Jinja text."
+    )
+
+
+__all__ = ["ASSISTANT_END", "CHAT_TEMPLATES", "get_chat_template", "is_jinja"]

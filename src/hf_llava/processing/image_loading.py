@@ -19,8 +19,9 @@ def _describe(image: Any, index: int) -> str:
 def load_image(image: Any, index: int = 0) -> Any:
     """One image -> an RGB `PIL.Image`, or the array / tensor itself after checks.
 
-    Accepts `PIL.Image` (RGBA, LA, P, L, CMYK... are converted to RGB; transparency over white), a path,
-    a `file://` URL, a numpy array or a torch tensor (HWC or CHW). Zero-sized, unreadable or corrupt
+    Accepts `PIL.Image` (RGBA, LA, P, L, CMYK... converted with `.convert("RGB")`, as the original and
+    transformers do), a path, a `file://` URL, a numpy array or a torch tensor: (H, W) grayscale, or
+    HWC / CHW with 1, 3 channels, or 2 / 4 with alpha (dropped, as PIL's conversion does). Zero-sized, unreadable or corrupt
     images raise `ValueError` naming the image.
     """
     if isinstance(image, (str, os.PathLike)):
@@ -42,22 +43,23 @@ def load_image(image: Any, index: int = 0) -> Any:
     if isinstance(image, Image.Image):
         if image.width == 0 or image.height == 0:
             raise ValueError(f"{_describe(image, index)}: zero-sized image ({image.width}x{image.height}).")
-        if image.mode == "RGB":
-            return image
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, rgba).convert("RGB")
-        return image.convert("RGB")
+        # As the original LLaVA and transformers: `.convert("RGB")`, which drops the alpha channel (the
+        # colour under transparent pixels shows) rather than compositing over a background.
+        return image if image.mode == "RGB" else image.convert("RGB")
     if hasattr(image, "shape"):  # numpy array or torch tensor
         shape = tuple(image.shape)
         if len(shape) not in (2, 3) or 0 in shape:
             raise ValueError(
                 f"{_describe(image, index)}: expected an (H, W), (H, W, C) or (C, H, W) array, got shape {shape}."
             )
-        if len(shape) == 2:  # grayscale -> RGB
-            array = np.asarray(image)
-            return np.stack([array] * 3, axis=-1)
+        if len(shape) == 2:  # grayscale, as PIL's "L" -> RGB
+            return np.repeat(np.asarray(image)[..., None], 3, axis=-1)
+        if shape[-1] in (2, 4) and shape[0] not in (1, 3):  # (H, W, LA / RGBA): drop alpha, as PIL's convert
+            array = np.asarray(image)[..., :-1]
+            return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
+        if shape[0] in (2, 4) and shape[-1] not in (1, 3):  # (LA / RGBA, H, W)
+            array = np.asarray(image)[:-1]
+            return np.repeat(array, 3, axis=0) if array.shape[0] == 1 else array
         return image
     raise ValueError(
         f"{_describe(image, index)}: unsupported image type; pass a PIL.Image, a numpy array, a torch tensor "

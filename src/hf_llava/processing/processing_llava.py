@@ -15,7 +15,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaIma
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
-from .chat_templates import CHAT_TEMPLATES, get_chat_template
+from .chat_templates import get_chat_template
 from .image_loading import load_images
 
 # Repeats modeling's list: this file is copied alone next to checkpoints (trust_remote_code) and may not import it.
@@ -71,10 +71,7 @@ class LlavaProcessor(ProcessorMixin):
     ):
         if tokenizer is None:
             raise ValueError("LlavaProcessor needs a tokenizer.")
-        if chat_template is None:
-            chat_template = CHAT_TEMPLATES["vicuna_v1"]
-        elif chat_template in CHAT_TEMPLATES:
-            chat_template = CHAT_TEMPLATES[chat_template]
+        chat_template = get_chat_template("vicuna_v1" if chat_template is None else chat_template)
         self.patch_size = patch_size
         self.num_additional_image_tokens = num_additional_image_tokens
         self.vision_feature_select_strategy = vision_feature_select_strategy
@@ -129,10 +126,10 @@ class LlavaProcessor(ProcessorMixin):
 
         num_images = len(image_inputs["pixel_values"]) if "pixel_values" in image_inputs else 0
         num_placeholders = sum(t.count(self.image_token) for t in text)
-        if num_images and num_placeholders != num_images:
+        if num_placeholders != num_images:  # both ways: an unexpanded placeholder is read as a word
             raise ValueError(
                 f"The text has {num_placeholders} {self.image_token!r} placeholder(s) but {num_images} image(s) "
-                "were given; put one placeholder per image (apply_chat_template does this for image parts)."
+                "were given; pass one image per placeholder (apply_chat_template writes one per image part)."
             )
         prompts = list(text)
         if num_images:
@@ -210,6 +207,16 @@ class LlavaProcessor(ProcessorMixin):
     def model_input_names(self):
         return list(dict.fromkeys(self.tokenizer.model_input_names + self.image_processor.model_input_names))
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As transformers, with the PIL/numpy image processor unless `use_fast=True` is asked for.
+
+        The torchvision-backed fast processors differ slightly in output and need torchvision; saying
+        which one is used (instead of transformers' notice on every load) keeps loading quiet.
+        """
+        kwargs.setdefault("use_fast", False)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """Save as transformers does, minus the `processor_class` fields.
 
@@ -278,7 +285,7 @@ class LlavaProcessor(ProcessorMixin):
             tokenizer=tokenizer,
             patch_size=vision_cfg.patch_size,
             vision_feature_select_strategy=vision_feature_select_strategy,
-            chat_template=get_chat_template(chat_template) if chat_template in CHAT_TEMPLATES else chat_template,
+            chat_template=chat_template,
             image_token=image_token,
             num_additional_image_tokens=1 if has_cls else 0,
         )
