@@ -152,3 +152,31 @@ def test_a_mistyped_name_is_refused_everywhere(tiny_processor, tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 2 and "--chat-template vicuna" in err and "vicuna_v1" in err
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("name", ["vicuna_v1", "plain", "chatml"])
+def test_templates_use_the_processors_image_token(tiny_processor, tiny_config, name):
+    from hf_llava import LlavaProcessor, add_llava_tokens, tiny
+
+    tokenizer = tiny.build_tokenizer()
+    add_llava_tokens(tokenizer, "<img>")
+    processor = LlavaProcessor(image_processor=tiny_processor.image_processor, tokenizer=tokenizer, patch_size=6,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               image_token="<img>", chat_template=name)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]
+    text = processor.apply_chat_template(messages)
+    assert "<img>" in text and "<image>" not in text
+    # rendered without the processor (e.g. by a tokenizer), the default token is used
+    assert "<image>" in render(tiny_processor, name, messages, False)
+
+
+def test_each_format_is_one_record():
+    from hf_llava.processing import CHAT_FORMATS
+
+    # what the original appends after an answer, per separator style
+    ends = {"TWO": lambda sep, sep2: sep2, "LLAMA_2": lambda sep, sep2: " " + sep2}
+    for name, chat in CHAT_FORMATS.items():
+        style, _, _, sep, sep2 = ORIGINAL[name]
+        assert chat.name == name and CHAT_TEMPLATES[name] == chat.template
+        assert chat.assistant_end == ends.get(style, lambda sep, sep2: sep)(sep, sep2), name

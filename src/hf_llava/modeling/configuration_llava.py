@@ -98,23 +98,6 @@ class LlavaConfig(PretrainedConfig):
         image_aspect_ratio: str = "pad",
         **kwargs,
     ):
-        if vision_feature_select_strategy not in VISION_FEATURE_SELECT_STRATEGIES:
-            raise ValueError(
-                f"vision_feature_select_strategy={vision_feature_select_strategy!r} is not supported; "
-                f"expected one of {VISION_FEATURE_SELECT_STRATEGIES}."
-            )
-        if isinstance(vision_feature_layer, (list, tuple)):
-            if not vision_feature_layer or not all(isinstance(x, int) for x in vision_feature_layer):
-                raise ValueError(
-                    f"vision_feature_layer={vision_feature_layer!r}: expected an int or a non-empty list of ints."
-                )
-            vision_feature_layer = list(vision_feature_layer)
-        elif not isinstance(vision_feature_layer, int):
-            raise ValueError(f"vision_feature_layer={vision_feature_layer!r}: expected an int or a list of ints.")
-        projector_depth(projector_type)  # validates
-        if image_aspect_ratio not in ("pad", "square"):
-            raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected 'pad' or 'square'.")
-
         if vision_config is None:  # CLIP ViT-L/14-336, the LLaVA-1.5 tower
             vision_config = CONFIG_MAPPING["clip_vision_model"](
                 intermediate_size=4096, hidden_size=1024, patch_size=14, image_size=336,
@@ -122,27 +105,16 @@ class LlavaConfig(PretrainedConfig):
             )
         self.vision_config = _build_sub_config(vision_config, "clip_vision_model", "vision_config")
         self.text_config = _build_sub_config(text_config, "llama", "text_config")
-
-        num_layers = 1 if isinstance(vision_feature_layer, int) else len(vision_feature_layer)
-        if projector_type == "identity" and self.vision_config.hidden_size * num_layers != self.text_config.hidden_size:
-            raise ValueError(
-                f"projector_type='identity' needs the vision features ({self.vision_config.hidden_size} x "
-                f"{num_layers} layer(s)) to match the LM hidden size ({self.text_config.hidden_size}); "
-                "use 'linear' or 'mlp2x_gelu' instead."
-            )
-
         self.image_token_index = image_token_index
         self.projector_type = projector_type
         self.projector_hidden_act = projector_hidden_act
         self.vision_feature_select_strategy = vision_feature_select_strategy
-        self.vision_feature_layer = vision_feature_layer
+        self.vision_feature_layer = (
+            list(vision_feature_layer) if isinstance(vision_feature_layer, tuple) else vision_feature_layer
+        )
         self.multimodal_projector_bias = multimodal_projector_bias
         self.image_aspect_ratio = image_aspect_ratio
-        if vision_feature_select_strategy == "default" and not has_cls_token(self.vision_config):
-            logger.warning(
-                "vision_feature_select_strategy='default' drops the first token, but a %s tower has no CLS token: "
-                "a real image patch is dropped. Use 'full' for such towers.", self.vision_config.model_type
-            )
+        self._validate()
         expected = self.num_image_tokens
         if image_seq_length is not None and image_seq_length != expected:
             raise ValueError(
@@ -157,6 +129,35 @@ class LlavaConfig(PretrainedConfig):
             if kwargs.get(name) is None:
                 kwargs[name] = getattr(self.text_config, name, None)
         super().__init__(**kwargs)
+
+    def _validate(self) -> None:
+        """Check the LLaVA fields against each other and the towers; errors name the field and the fix."""
+        strategy, layer = self.vision_feature_select_strategy, self.vision_feature_layer
+        if strategy not in VISION_FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"vision_feature_select_strategy={strategy!r} is not supported; "
+                f"expected one of {VISION_FEATURE_SELECT_STRATEGIES}."
+            )
+        if isinstance(layer, list):
+            if not layer or not all(isinstance(x, int) for x in layer):
+                raise ValueError(f"vision_feature_layer={layer!r}: expected an int or a non-empty list of ints.")
+        elif not isinstance(layer, int):
+            raise ValueError(f"vision_feature_layer={layer!r}: expected an int or a list of ints.")
+        projector_depth(self.projector_type)  # validates
+        if self.image_aspect_ratio not in ("pad", "square"):
+            raise ValueError(f"image_aspect_ratio={self.image_aspect_ratio!r}: expected 'pad' or 'square'.")
+        num_layers = 1 if isinstance(layer, int) else len(layer)
+        if self.projector_type == "identity" and self.vision_config.hidden_size * num_layers != self.text_config.hidden_size:
+            raise ValueError(
+                f"projector_type='identity' needs the vision features ({self.vision_config.hidden_size} x "
+                f"{num_layers} layer(s)) to match the LM hidden size ({self.text_config.hidden_size}); "
+                "use 'linear' or 'mlp2x_gelu' instead."
+            )
+        if strategy == "default" and not has_cls_token(self.vision_config):
+            logger.warning(
+                "vision_feature_select_strategy='default' drops the first token, but a %s tower has no CLS token: "
+                "a real image patch is dropped. Use 'full' for such towers.", self.vision_config.model_type
+            )
 
     @property
     def num_additional_image_tokens(self) -> int:

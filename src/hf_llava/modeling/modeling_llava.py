@@ -114,14 +114,6 @@ class LlavaPreTrainedModel(PreTrainedModel):
             state_dict = renamed
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _init_weights(self, module):
-        # Only the projector is ours; the towers initialise themselves through their own classes.
-        if isinstance(module, nn.Linear):
-            std = getattr(self.config.text_config, "initializer_range", 0.02)
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-
 
 class LlavaModel(LlavaPreTrainedModel):
     """Vision tower + projector + LM backbone (no LM head)."""
@@ -447,7 +439,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         model.model.language_model = text_model.get_decoder()
         model.lm_head = text_model.get_output_embeddings()
         model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(text_model.dtype)
-        model.model.multi_modal_projector.apply(model._init_weights)
+        model.model.multi_modal_projector.apply(model._init_weights)  # PreTrainedModel's: normal(0, initializer_range)
         # One config object per part, shared by the LLaVA config and the module using it.
         config.vision_config = model.model.vision_tower.config
         config.text_config = model.model.language_model.config

@@ -1,6 +1,6 @@
 """Processing: image loading, the LLaVA chat templates and `LlavaProcessor`."""
 
-from .chat_templates import ASSISTANT_END, CHAT_TEMPLATES, get_chat_template
+from .chat_templates import CHAT_FORMATS, CHAT_TEMPLATES, ChatFormat, chat_format, get_chat_template
 from .image_loading import load_image, load_images
 from .processing_llava import LlavaProcessor, add_llava_tokens
 
@@ -9,8 +9,10 @@ from .. import _register_pending  # noqa: E402  (registers the Auto classes once
 _register_pending()
 
 __all__ = [
-    "ASSISTANT_END",
+    "CHAT_FORMATS",
     "CHAT_TEMPLATES",
+    "ChatFormat",
+    "chat_format",
     "LlavaProcessor",
     "add_llava_tokens",
     "get_chat_template",

@@ -1,20 +1,27 @@
-"""The LLaVA conversation formats as Jinja chat templates.
+"""The LLaVA conversation formats as Jinja chat templates, one `ChatFormat` record each.
 
 Each template renders exactly what the original LLaVA `conversation.py` renders for the same turns
 (`Conversation.get_prompt`), for transformers' message format:
 `[{"role": "system"|"user"|"assistant", "content": str | [{"type": "image"}, {"type": "text", "text": ...}]}]`.
 
 In a user turn, an image part before the text renders as `<image>\n` + text, after it as
-text + `\n<image>`. A leading `system` message replaces the template's default system prompt.
+text + `\n<image>` (`<image>` is the processor's `image_token`, passed to the template as
+`image_token`). A leading `system` message replaces the template's default system prompt.
 `add_generation_prompt=True` appends what the original appends for an open assistant turn.
 
 transformers renders chat templates with `trim_blocks` and `lstrip_blocks`: every newline below is an
 explicit `'\n'` inside an expression, never a literal one after a tag.
 """
 
+from dataclasses import dataclass
+
+# The template variable `image_token` (the processor passes its own), `<image>` when rendered without it.
+_IMAGE_TOKEN = "{%- set image_token = image_token if image_token is defined else '<image>' -%}"
+
 # Renders one message's content to a string. Used by every template except `plain`.
 _CONTENT_MACRO = (
-    "{%- macro render(message) -%}"
+    _IMAGE_TOKEN
+    + "{%- macro render(message, image_token) -%}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}"
     "{%- set ns = namespace(text='', before=0, after=0, seen_text=false) -%}"
@@ -25,8 +32,8 @@ _CONTENT_MACRO = (
     "{%- if ns.seen_text -%}{%- set ns.after = ns.after + 1 -%}{%- else -%}{%- set ns.before = ns.before + 1 -%}{%- endif -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if ns.text == '' -%}{{- '<image>' * (ns.before + ns.after) -}}"
-    "{%- else -%}{{- '<image>\\n' * ns.before + ns.text + '\\n<image>' * ns.after -}}{%- endif -%}"
+    "{%- if ns.text == '' -%}{{- image_token * (ns.before + ns.after) -}}"
+    "{%- else -%}{{- (image_token + '\\n') * ns.before + ns.text + ('\\n' + image_token) * ns.after -}}{%- endif -%}"
     "{%- endif -%}"
     "{%- endmacro -%}"
 )
@@ -36,64 +43,77 @@ def _system_prelude(default_system: str) -> str:
     """Sets `system` (the default, or a leading system message) and `turns` (the other messages)."""
     return (
         "{%- if messages and messages[0]['role'] == 'system' -%}"
-        "{%- set system = render(messages[0]) -%}{%- set turns = messages[1:] -%}"
+        "{%- set system = render(messages[0], image_token) -%}{%- set turns = messages[1:] -%}"
         "{%- else -%}"
         "{%- set system = " + repr(default_system) + " -%}{%- set turns = messages -%}"
         "{%- endif -%}"
     )
 
 
-def _two_style(default_system: str, user: str, assistant: str, sep: str, sep2: str) -> str:
-    """`SeparatorStyle.TWO` (vicuna_v1) and, with sep2 == sep, `SeparatorStyle.SINGLE` (llava_v0)."""
-    return (
+@dataclass(frozen=True)
+class ChatFormat:
+    """One LLaVA conversation format: its name, its Jinja source, and the text that ends an assistant
+    turn (what the training labels keep after each answer)."""
+
+    name: str
+    template: str
+    assistant_end: str
+
+
+def _separator_style(name: str, default_system: str, user: str, assistant: str, sep: str, sep2: str) -> ChatFormat:
+    """`SeparatorStyle.TWO` (vicuna_v1: `sep` after user turns, `sep2` after answers) and, with
+    sep2 == sep, `SeparatorStyle.SINGLE` (llava_v0)."""
+    return ChatFormat(name, (
         _CONTENT_MACRO
         + _system_prelude(default_system)
         + "{{- system + " + repr(sep) + " -}}"
         + "{%- for message in turns -%}"
-        + "{%- if message['role'] == 'user' -%}{{- " + repr(user + ": ") + " + render(message) + " + repr(sep) + " -}}"
-        + "{%- else -%}{{- " + repr(assistant + ": ") + " + render(message) + " + repr(sep2) + " -}}{%- endif -%}"
+        + "{%- if message['role'] == 'user' -%}{{- " + repr(user + ": ") + " + render(message, image_token) + " + repr(sep) + " -}}"
+        + "{%- else -%}{{- " + repr(assistant + ": ") + " + render(message, image_token) + " + repr(sep2) + " -}}{%- endif -%}"
         + "{%- endfor -%}"
         + "{%- if add_generation_prompt -%}{{- " + repr(assistant + ":") + " -}}{%- endif -%}"
-    )
+    ), assistant_end=sep2)
 
 
-def _llama2_style(default_system: str, sep: str) -> str:
+def _llama2_style(name: str, default_system: str, sep: str) -> ChatFormat:
     """`SeparatorStyle.LLAMA_2`: `[INST] <<SYS>>...<</SYS>> q [/INST] a </s>`; the first `sep` is stripped."""
-    return (
+    answer_end = " </s>"
+    return ChatFormat(name, (
         _CONTENT_MACRO
         + _system_prelude(default_system)
         + "{%- for message in turns -%}"
         + "{%- if message['role'] == 'user' -%}"
-        + "{%- set text = render(message) -%}"
+        + "{%- set text = render(message, image_token) -%}"
         + "{%- if loop.first and system -%}{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text -%}{%- endif -%}"
         + "{%- if not loop.first -%}{{- " + repr(sep) + " -}}{%- endif -%}"
         + "{{- '[INST] ' + text + ' [/INST]' -}}"
-        + "{%- else -%}{{- ' ' + render(message) + ' </s>' -}}{%- endif -%}"
+        + "{%- else -%}{{- ' ' + render(message, image_token) + " + repr(answer_end) + " -}}{%- endif -%}"
         + "{%- endfor -%}"
-    )
+    ), assistant_end=answer_end)
 
 
-def _mpt_style(default_system: str, user: str, assistant: str, sep: str) -> str:
+def _mpt_style(name: str, default_system: str, system: str, user: str, assistant: str, sep: str) -> ChatFormat:
     """`SeparatorStyle.MPT` (chatml): `role + message + sep`, no separator between turns."""
-    return (
+    return ChatFormat(name, (
         _CONTENT_MACRO
         + _system_prelude(default_system)
-        + "{{- " + repr(user.replace("user", "system")) + " + system + " + repr(sep) + " -}}"
+        + "{{- " + repr(system) + " + system + " + repr(sep) + " -}}"
         + "{%- for message in turns -%}"
-        + "{%- if message['role'] == 'user' -%}{{- " + repr(user) + " + render(message) + " + repr(sep) + " -}}"
-        + "{%- else -%}{{- " + repr(assistant) + " + render(message) + " + repr(sep) + " -}}{%- endif -%}"
+        + "{%- if message['role'] == 'user' -%}{{- " + repr(user) + " + render(message, image_token) + " + repr(sep) + " -}}"
+        + "{%- else -%}{{- " + repr(assistant) + " + render(message, image_token) + " + repr(sep) + " -}}{%- endif -%}"
         + "{%- endfor -%}"
         + "{%- if add_generation_prompt -%}{{- " + repr(assistant) + " -}}{%- endif -%}"
-    )
+    ), assistant_end=sep)
 
 
 # Stage 1 (feature alignment): `<image>` then the caption then "\n"; the instruction text is dropped.
 _PLAIN = (
-    "{%- for message in messages -%}"
+    _IMAGE_TOKEN
+    + "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}"
-    "{%- if message['content'] is string -%}{{- '<image>' * (message['content'].count('<image>')) -}}"
+    "{%- if message['content'] is string -%}{{- image_token * (message['content'].count(image_token)) -}}"
     "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' or part['type'] == 'image_url' -%}{{- '<image>' -}}{%- endif -%}"
+    "{%- if part['type'] == 'image' or part['type'] == 'image_url' -%}{{- image_token -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{%- if message['content'] is string -%}{{- message['content'] + '\\n' -}}"
@@ -119,25 +139,27 @@ LLAMA_2_SYSTEM = (
 )
 CHATML_SYSTEM = "Answer the questions."
 
-CHAT_TEMPLATES: dict[str, str] = {
-    "vicuna_v1": _two_style(VICUNA_SYSTEM, "USER", "ASSISTANT", " ", "</s>"),
-    "llava_v0": _two_style(LLAVA_V0_SYSTEM, "Human", "Assistant", "###", "###"),
-    "plain": _PLAIN,
-    "llama_2": _llama2_style(LLAMA_2_SYSTEM, "<s>"),
-    "mistral_instruct": _llama2_style("", ""),
-    "chatml": _mpt_style(CHATML_SYSTEM, "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"),
-}
-"""Template name -> Jinja source. `vicuna_v1` is LLaVA-1.5's, `plain` is stage 1's."""
+CHAT_FORMATS: dict[str, ChatFormat] = {f.name: f for f in (
+    _separator_style("vicuna_v1", VICUNA_SYSTEM, "USER", "ASSISTANT", " ", "</s>"),
+    _separator_style("llava_v0", LLAVA_V0_SYSTEM, "Human", "Assistant", "###", "###"),
+    ChatFormat("plain", _PLAIN, assistant_end="\n"),
+    _llama2_style("llama_2", LLAMA_2_SYSTEM, "<s>"),
+    _llama2_style("mistral_instruct", "", ""),
+    _mpt_style("chatml", CHATML_SYSTEM, "<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n",
+               "<|im_end|>"),
+)}
+"""Name -> `ChatFormat`. `vicuna_v1` is LLaVA-1.5's, `plain` is stage 1's."""
 
-# The end of an assistant turn in each format: what the labels keep after an answer.
-ASSISTANT_END: dict[str, str] = {
-    "vicuna_v1": "</s>",
-    "llava_v0": "###",
-    "plain": "\n",
-    "llama_2": " </s>",
-    "mistral_instruct": " </s>",
-    "chatml": "<|im_end|>",
-}
+CHAT_TEMPLATES: dict[str, str] = {name: f.template for name, f in CHAT_FORMATS.items()}
+"""Name -> Jinja source (a view of `CHAT_FORMATS`, for `chat_template=` arguments)."""
+
+
+def chat_format(name: str) -> ChatFormat:
+    """The `ChatFormat` called `name`, with an error listing the known names."""
+    if name not in CHAT_FORMATS:
+        raise ValueError(f"template={name!r} is not a known chat format; expected one of "
+                         f"{', '.join(sorted(CHAT_FORMATS))}.")
+    return CHAT_FORMATS[name]
 
 
 def is_jinja(text: str) -> bool:
@@ -163,4 +185,4 @@ def get_chat_template(name_or_source: str) -> str:
     )
 
 
-__all__ = ["ASSISTANT_END", "CHAT_TEMPLATES", "get_chat_template", "is_jinja"]
+__all__ = ["CHAT_FORMATS", "CHAT_TEMPLATES", "ChatFormat", "chat_format", "get_chat_template", "is_jinja"]

@@ -197,6 +197,11 @@ class LlavaProcessor(ProcessorMixin):
             )
         return list(kept)
 
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """As transformers, with this processor's `image_token` passed to the template (LLaVA formats use it)."""
+        kwargs.setdefault("image_token", self.image_token)
+        return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
