@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import hf_llava  # noqa: F401  registers the Auto classes
-from hf_llava import LlavaForConditionalGeneration, LlavaProcessor
+from hf_llava import from_vision_and_text
 from hf_llava.processing import load_image
 from hf_llava.tiny import build_llava, demo_image
 
@@ -23,8 +23,7 @@ parser.add_argument("--output", default="my-llava")
 args = parser.parse_args()
 
 if args.vision and args.lm:
-    model = LlavaForConditionalGeneration.from_vision_and_text(args.vision, args.lm, torch_dtype=torch.bfloat16)
-    processor = LlavaProcessor.from_vision_and_text(args.vision, args.lm, chat_template="vicuna_v1")
+    model, processor = from_vision_and_text(args.vision, args.lm, chat_template="vicuna_v1", torch_dtype=torch.bfloat16)
 else:
     model, processor = build_llava()
 model.save_pretrained(args.output)

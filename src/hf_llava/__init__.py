@@ -26,6 +26,7 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "LlavaModel": ".modeling",
     "LlavaProcessor": ".processing",
     "add_llava_tokens": ".processing",
+    "from_vision_and_text": ".builder",
     "push_to_hub": ".hub",
     "write_model_card": ".hub",
 })
@@ -106,6 +107,7 @@ __all__ = [
     "LlavaProcessor",
     "__version__",
     "add_llava_tokens",
+    "from_vision_and_text",
     "push_to_hub",
     "write_model_card",
 ]

@@ -134,6 +134,7 @@ def build_processor(
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         chat_template=chat_template,
         num_additional_image_tokens=config.num_additional_image_tokens,
+        image_seq_length=config.num_image_tokens,
     )
 
 

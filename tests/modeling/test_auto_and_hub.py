@@ -23,7 +23,7 @@ from transformers import (
     pipeline,
 )
 
-from hf_llava import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from hf_llava import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, from_vision_and_text
 from hf_llava.tiny import build_tokenizer, demo_image
 
 
@@ -148,8 +148,7 @@ def pretrained_parts(tmp_path):
 
 def test_from_vision_and_text(pretrained_parts):
     clip_path, llama_path, clip, llama = pretrained_parts
-    model = LlavaForConditionalGeneration.from_vision_and_text(str(clip_path), str(llama_path))
-    processor = LlavaProcessor.from_vision_and_text(str(clip_path), str(llama_path))
+    model, processor = from_vision_and_text(str(clip_path), str(llama_path))
     tokenizer = AutoTokenizer.from_pretrained(llama_path)
     assert model.config.image_token_id == processor.image_token_id
     assert processor.tokenizer.pad_token is not None
@@ -201,8 +200,7 @@ def test_from_vision_and_text_siglip_and_a_tied_qwen2(tmp_path):
     qwen.save_pretrained(tmp_path / "qwen")
     tokenizer.save_pretrained(tmp_path / "qwen")
 
-    model = LlavaForConditionalGeneration.from_vision_and_text(str(tmp_path / "siglip"), str(tmp_path / "qwen"))
-    processor = LlavaProcessor.from_vision_and_text(str(tmp_path / "siglip"), str(tmp_path / "qwen"))
+    model, processor = from_vision_and_text(str(tmp_path / "siglip"), str(tmp_path / "qwen"))
     assert model.config.vision_feature_select_strategy == processor.vision_feature_select_strategy == "full"
     assert model.config.image_seq_length == 9  # 3 x 3 patches, none dropped
     # the padded vocabulary (len(tokenizer) + 16 rows) has room for the 2 new tokens: no resize, still tied

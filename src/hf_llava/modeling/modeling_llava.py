@@ -8,20 +8,19 @@ the original LLaVA recipe's projector types (`linear`, `mlpNx_gelu`, `identity`)
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import ModelOutput
 from transformers.utils import can_return_tuple
 
-from .configuration_llava import LlavaConfig, has_cls_token, projector_depth
+from .configuration_llava import LlavaConfig, projector_depth
 
 
 @dataclass
@@ -396,59 +395,6 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         except ImportError:  # a trust_remote_code copy where hf-llava is not installed
             return super().push_to_hub(repo_id, **kwargs)
         return push_to_hub(repo_id, model=self, **kwargs)
-
-    @classmethod
-    def from_vision_and_text(
-        cls,
-        vision_name_or_path: str,
-        text_name_or_path: str,
-        image_token: str = "<image>",
-        torch_dtype: Optional[torch.dtype] = None,
-        **config_kwargs,
-    ) -> "LlavaForConditionalGeneration":
-        """A fresh LLaVA from a pretrained vision tower and a pretrained causal LM (the start of stage 1).
-
-        The LM's tokenizer gets `image_token` (and a pad token when it has none), the embeddings grow
-        to the new vocabulary when it outgrows them (new rows start at the mean of the others), the LM's
-        generation config (stop tokens, sampling defaults) is kept, and the projector is random. The
-        feature strategy defaults to `default` (drop CLS) for CLIP-like towers and `full` for towers
-        without CLS (SigLIP). Use `LlavaProcessor.from_vision_and_text` with the same paths for the
-        matching processor.
-        """
-        vision_cfg = AutoConfig.from_pretrained(vision_name_or_path)
-        vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)  # CLIPConfig / SiglipConfig -> tower
-        text_model = AutoModelForCausalLM.from_pretrained(text_name_or_path, torch_dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path)
-        if image_token not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
-        if tokenizer.pad_token is None:
-            tokenizer.add_special_tokens({"pad_token": "<pad>"})
-        config_kwargs.setdefault("vision_feature_select_strategy", "default" if has_cls_token(vision_cfg) else "full")
-        config = LlavaConfig(
-            vision_config=vision_cfg.to_dict(),
-            text_config=text_model.config.to_dict(),
-            image_token_index=tokenizer.convert_tokens_to_ids(image_token),
-            **config_kwargs,
-        )
-        config.base_models = [vision_name_or_path, text_name_or_path]
-        # Build the shell on the meta device, then plug in the pretrained parts: no second copy of the LM.
-        with torch.device("meta"):
-            model = cls(config)
-        tower_cls = type(model.model.vision_tower)  # e.g. CLIPVisionModel; loads from a CLIPModel folder too
-        model.model.vision_tower = tower_cls.from_pretrained(vision_name_or_path, torch_dtype=torch_dtype)
-        model.model.language_model = text_model.get_decoder()
-        model.lm_head = text_model.get_output_embeddings()
-        model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(text_model.dtype)
-        model.model.multi_modal_projector.apply(model._init_weights)  # PreTrainedModel's: normal(0, initializer_range)
-        # One config object per part, shared by the LLaVA config and the module using it.
-        config.vision_config = model.model.vision_tower.config
-        config.text_config = model.model.language_model.config
-        config.text_config.pad_token_id = tokenizer.pad_token_id
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # never shrink a padded vocabulary
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        model.generation_config = copy.deepcopy(text_model.generation_config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        return model
 
 
 __all__ = [

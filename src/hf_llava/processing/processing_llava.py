@@ -2,7 +2,7 @@
 
 Provenance: mirrors transformers 4.57 `models/llava/processing_llava.py` (same arguments, same
 `input_ids` for the same tokenizer and template) and adds: image loading with named errors, the LLaVA
-chat templates, truncation that never cuts through image tokens, and `from_vision_and_text`.
+chat templates, and truncation that never cuts through image tokens.
 
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
@@ -11,15 +11,12 @@ import json
 import os
 from typing import Optional, Union
 
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, LlavaImageProcessor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
 from .chat_templates import get_chat_template
 from .image_loading import load_images
 
-# Repeats modeling's list: this file is copied alone next to checkpoints (trust_remote_code) and may not import it.
-_TOWERS_WITH_CLS = ("clip_vision_model", "clip", "chinese_clip_vision_model", "metaclip_2_vision_model")
 
 
 class LlavaProcessorKwargs(ProcessingKwargs, total=False):
@@ -39,6 +36,8 @@ class LlavaProcessor(ProcessorMixin):
     r"""Image processor + tokenizer for [`LlavaForConditionalGeneration`].
 
     Each `<image>` in the text expands to exactly the number of visual tokens the model produces:
+    `image_seq_length`, the model config's count (stored here as PaliGemma's processor stores it).
+    Processors that do not store it (transformers' llava layout) derive it as transformers does:
     `(height // patch_size) * (width // patch_size) + num_additional_image_tokens`, minus 1 for the
     `default` strategy (which drops CLS).
 
@@ -52,6 +51,7 @@ class LlavaProcessor(ProcessorMixin):
         image_token (`str`, defaults to `"<image>"`).
         num_additional_image_tokens (`int`, defaults to 0): tokens the tower adds to the patches
             (1 for CLIP's CLS, 0 for SigLIP).
+        image_seq_length (`int`, *optional*): visual tokens per image (`LlavaConfig.image_seq_length`).
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -67,6 +67,7 @@ class LlavaProcessor(ProcessorMixin):
         chat_template: Optional[str] = None,
         image_token: str = "<image>",
         num_additional_image_tokens: int = 0,
+        image_seq_length: Optional[int] = None,
         **kwargs,
     ):
         if tokenizer is None:
@@ -74,6 +75,7 @@ class LlavaProcessor(ProcessorMixin):
         chat_template = get_chat_template("vicuna_v1" if chat_template is None else chat_template)
         self.patch_size = patch_size
         self.num_additional_image_tokens = num_additional_image_tokens
+        self.image_seq_length = image_seq_length
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.image_token = getattr(tokenizer, "image_token", None) or image_token
         if self.image_token not in tokenizer.get_vocab():
@@ -86,12 +88,29 @@ class LlavaProcessor(ProcessorMixin):
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Visual tokens for one processed image of `height` x `width` pixels."""
+        if self.image_seq_length is not None:
+            return self.image_seq_length
         if self.patch_size is None:
-            raise ValueError("LlavaProcessor.patch_size is not set; pass the vision tower's patch size.")
+            raise ValueError("LlavaProcessor needs image_seq_length (the model config's) or the tower's patch_size.")
         tokens = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
         if self.vision_feature_select_strategy == "default":
             tokens -= 1
         return tokens
+
+    def expand_image_tokens(self, text: str, tokens_per_image: list[int]) -> tuple[str, list[int]]:
+        """The one expansion: the i-th `image_token` of `text` becomes `tokens_per_image[i]` image tokens.
+
+        Returns the expanded text and, for each placeholder, the number of characters inserted after
+        it (what the training collator shifts its answer spans by).
+        """
+        parts = text.split(self.image_token)
+        if len(parts) - 1 != len(tokens_per_image):
+            raise ValueError(f"{len(parts) - 1} {self.image_token!r} placeholder(s) for {len(tokens_per_image)} count(s).")
+        out, added = [parts[0]], []
+        for count, part in zip(tokens_per_image, parts[1:]):
+            out.append(self.image_token * count + part)
+            added.append((count - 1) * len(self.image_token))
+        return "".join(out), added
 
     def __call__(
         self,
@@ -133,9 +152,9 @@ class LlavaProcessor(ProcessorMixin):
             )
         prompts = list(text)
         if num_images:
-            height, width = image_inputs["pixel_values"][0].shape[-2:]
-            expanded = self.image_token * self.num_image_tokens(height, width)
-            prompts = [t.replace(self.image_token, expanded) for t in text]
+            counts = iter([self.num_image_tokens(*pixels.shape[-2:]) for pixels in image_inputs["pixel_values"]])
+            prompts = [self.expand_image_tokens(t, [next(counts) for _ in range(t.count(self.image_token))])[0]
+                       for t in text]
 
         text_kwargs = output_kwargs["text_kwargs"]
         return_tensors = text_kwargs.pop("return_tensors", None)
@@ -252,48 +271,6 @@ class LlavaProcessor(ProcessorMixin):
         except ImportError:  # a trust_remote_code copy where hf-llava is not installed
             return super().push_to_hub(repo_id, **kwargs)
         return push_to_hub(repo_id, processor=self, **kwargs)
-
-    @classmethod
-    def from_vision_and_text(
-        cls,
-        vision_name_or_path: str,
-        text_name_or_path: str,
-        chat_template: str = "vicuna_v1",
-        image_aspect_ratio: str = "pad",
-        vision_feature_select_strategy: Optional[str] = None,
-        image_token: str = "<image>",
-    ) -> "LlavaProcessor":
-        """The processor matching `LlavaForConditionalGeneration.from_vision_and_text` on the same paths.
-
-        `image_aspect_ratio="pad"` pads to a square with the mean colour before resizing (LLaVA-1.5);
-        `"square"` keeps the tower's own resize and centre crop (LLaVA v1). The feature strategy
-        defaults as in the model's `from_vision_and_text` (`full` for towers without CLS).
-        """
-        vision_cfg = AutoConfig.from_pretrained(vision_name_or_path)
-        vision_cfg = getattr(vision_cfg, "vision_config", vision_cfg)
-        has_cls = vision_cfg.model_type in _TOWERS_WITH_CLS
-        if vision_feature_select_strategy is None:
-            vision_feature_select_strategy = "default" if has_cls else "full"
-        image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path, use_fast=False)
-        if image_aspect_ratio == "pad":
-            settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}
-            settings.pop("image_processor_type", None)
-            if "crop_size" not in settings:  # e.g. SigLIP: resize to the tower's size, no crop to fill in
-                settings.update(do_center_crop=False, crop_size=settings.get("size"))
-            image_processor = LlavaImageProcessor(**{**settings, "do_pad": True})
-        elif image_aspect_ratio != "square":
-            raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected 'pad' or 'square'.")
-        tokenizer = AutoTokenizer.from_pretrained(text_name_or_path)
-        add_llava_tokens(tokenizer, image_token)
-        return cls(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            patch_size=vision_cfg.patch_size,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            chat_template=chat_template,
-            image_token=image_token,
-            num_additional_image_tokens=1 if has_cls else 0,
-        )
 
 
 __all__ = ["LlavaProcessor", "add_llava_tokens"]

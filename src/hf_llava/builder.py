@@ -1,0 +1,123 @@
+"""A fresh LLaVA from a pretrained vision tower and a pretrained causal LM: the start of stage 1.
+
+Owns everything the model and the processor must agree on when built from parts: the tokenizer
+(loaded once, with `<image>` and a pad token added), the feature strategy (`default` drops CLS for
+CLIP-like towers, `full` for towers without one such as SigLIP), and the visual tokens per image
+(the config's count, stored in the processor). It lives outside the files copied next to
+checkpoints for `trust_remote_code`, which only need to load what this builds.
+"""
+
+import copy
+from typing import Optional
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, LlavaImageProcessor
+
+from .modeling import LlavaConfig, LlavaForConditionalGeneration
+from .modeling.configuration_llava import has_cls_token
+from .modeling.modeling_llava import LlavaMultiModalProjector
+from .processing import LlavaProcessor, add_llava_tokens
+
+IMAGE_ASPECT_RATIOS = ("pad", "square")
+
+
+def tower_config(vision_name_or_path: str):
+    """The vision tower's config from a tower folder or a whole CLIP / SigLIP folder."""
+    config = AutoConfig.from_pretrained(vision_name_or_path)
+    return getattr(config, "vision_config", config)
+
+
+def image_processor_for(vision_name_or_path: str, image_aspect_ratio: str = "pad"):
+    """The tower's image processor; `pad` (LLaVA-1.5) pads to a square with the mean colour first,
+    `square` (LLaVA v1, and stage 1 of the 1.5 recipe) keeps the tower's resize and centre crop."""
+    if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected one of {', '.join(IMAGE_ASPECT_RATIOS)}.")
+    image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path, use_fast=False)
+    if image_aspect_ratio == "square":
+        return image_processor
+    settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}
+    settings.pop("image_processor_type", None)
+    if "crop_size" not in settings:  # e.g. SigLIP: resize to the tower's size, no crop to fill in
+        settings.update(do_center_crop=False, crop_size=settings.get("size"))
+    return LlavaImageProcessor(**{**settings, "do_pad": True})
+
+
+def build_processor(
+    vision_name_or_path: str,
+    text_name_or_path: str,
+    chat_template: str = "vicuna_v1",
+    image_aspect_ratio: str = "pad",
+    vision_feature_select_strategy: Optional[str] = None,
+    image_token: str = "<image>",
+) -> LlavaProcessor:
+    """The processor of a LLaVA built from these parts (see `from_vision_and_text`)."""
+    vision_config = tower_config(vision_name_or_path)
+    strategy = vision_feature_select_strategy or ("default" if has_cls_token(vision_config) else "full")
+    config = LlavaConfig(vision_config=vision_config.to_dict(), vision_feature_select_strategy=strategy)
+    tokenizer = AutoTokenizer.from_pretrained(text_name_or_path)
+    add_llava_tokens(tokenizer, image_token)
+    return LlavaProcessor(
+        image_processor=image_processor_for(vision_name_or_path, image_aspect_ratio),
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy=strategy,
+        chat_template=chat_template,
+        image_token=image_token,
+        num_additional_image_tokens=config.num_additional_image_tokens,
+        image_seq_length=config.num_image_tokens,
+    )
+
+
+def from_vision_and_text(
+    vision_name_or_path: str,
+    text_name_or_path: str,
+    chat_template: str = "vicuna_v1",
+    image_aspect_ratio: str = "pad",
+    image_token: str = "<image>",
+    torch_dtype=None,
+    **config_kwargs,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A fresh LLaVA and its processor from a pretrained tower and a pretrained causal LM.
+
+    The LM's tokenizer gets `image_token` (and a pad token when it has none), the embeddings grow to
+    the new vocabulary when it outgrows them (new rows start at the mean of the others), the LM's
+    generation config (stop tokens, sampling defaults) is kept, and the projector is random.
+    `config_kwargs` go to `LlavaConfig` (`projector_type`, `vision_feature_layer`, ...).
+    """
+    import torch
+
+    processor = build_processor(vision_name_or_path, text_name_or_path, chat_template, image_aspect_ratio,
+                                config_kwargs.pop("vision_feature_select_strategy", None), image_token)
+    tokenizer = processor.tokenizer
+    text_model = AutoModelForCausalLM.from_pretrained(text_name_or_path, torch_dtype=torch_dtype)
+    config = LlavaConfig(
+        vision_config=tower_config(vision_name_or_path).to_dict(),
+        text_config=text_model.config.to_dict(),
+        image_token_index=processor.image_token_id,
+        vision_feature_select_strategy=processor.vision_feature_select_strategy,
+        image_aspect_ratio=image_aspect_ratio,
+        **config_kwargs,
+    )
+    config.base_models = [vision_name_or_path, text_name_or_path]
+    # Build the shell on the meta device, then plug in the pretrained parts: no second copy of the LM.
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    tower_cls = type(model.model.vision_tower)  # e.g. CLIPVisionModel; loads from a CLIPModel folder too
+    model.model.vision_tower = tower_cls.from_pretrained(vision_name_or_path, torch_dtype=torch_dtype)
+    model.model.language_model = text_model.get_decoder()
+    model.lm_head = text_model.get_output_embeddings()
+    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(text_model.dtype)
+    model.model.multi_modal_projector.apply(model._init_weights)  # normal(0, initializer_range), zero bias
+    # One config object per part, shared by the LLaVA config and the module using it.
+    config.vision_config = model.model.vision_tower.config
+    config.text_config = model.model.language_model.config
+    config.text_config.pad_token_id = config.pad_token_id = tokenizer.pad_token_id
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # never shrink a padded vocabulary
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.generation_config = copy.deepcopy(text_model.generation_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if processor.image_seq_length != config.num_image_tokens:  # one count, checked where both are built
+        raise AssertionError(f"processor {processor.image_seq_length} vs model {config.num_image_tokens} tokens")
+    return model, processor
+
+
+__all__ = ["build_processor", "from_vision_and_text", "image_processor_for", "tower_config"]
