@@ -146,3 +146,29 @@ def test_interrupted_conversion_leaves_no_dst_and_keeps_existing(original_dir, c
         )
     assert [p.name for p in existing.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary folders left
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (None, "does not exist"),
+        ([], r"no config\.json; expected an original LLaVA folder"),
+        (["mm_projector.bin"], "is a projector checkpoint: pass model_base"),
+        (["adapter_config.json", "mm_projector.bin"], "is a lora checkpoint: pass model_base"),
+    ],
+)
+def test_checkpoint_kind_is_told_by_its_files(tmp_path, files, message):
+    src = tmp_path / "src"
+    if files is not None:
+        src.mkdir()
+        for name in files:
+            (src / name).write_text("{}")
+    with pytest.raises(ConversionError, match=message):
+        convert_original_to_hf_llava(src, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bare_projector_file_needs_model_base(tmp_path):
+    (tmp_path / "mm_projector.bin").write_bytes(b"")
+    with pytest.raises(ConversionError, match="is a projector checkpoint: pass model_base"):
+        convert_original_to_hf_llava(tmp_path / "mm_projector.bin", tmp_path / "out", progress=False)

@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Optional, Union
 
@@ -194,7 +195,14 @@ class ShardWriter:
         return names
 
 
-DROP = ""  # what a key rule returns for a source key that is consumed on purpose and not written
+class _Drop(Enum):
+    DROP = "drop"
+
+
+# A key rule returns a target name, DROP for a source key consumed on purpose and not written (a derived
+# buffer, a tied weight), or None for a key it does not know.
+DROP = _Drop.DROP
+KeyRule = Callable[[str], Union[str, _Drop, None]]
 
 
 @dataclass
@@ -205,10 +213,10 @@ class TensorSource:
     label: str
     keys: list[str]
     load: Callable[[], dict[str, torch.Tensor]]
-    map_key: Callable[[str], Optional[str]]
+    map_key: KeyRule
 
 
-def file_sources(files: list[Path], map_key: Callable[[str], Optional[str]]) -> list[TensorSource]:
+def file_sources(files: list[Path], map_key: KeyRule) -> list[TensorSource]:
     """One `TensorSource` per weight file."""
     return [TensorSource(str(path), list_keys(path), lambda path=path: load_tensors(path), map_key) for path in files]
 
@@ -232,7 +240,7 @@ def write_converted(
             target = source.map_key(key)
             if target is None:
                 unknown.append(f"{key} (in {Path(source.label).name})")
-            elif target != DROP:
+            elif target is not DROP:
                 produced.append(target)
     check_keys(unknown, produced, expected, source_name)
     writer = ShardWriter(folder, expected, max_shard_size)
@@ -241,7 +249,7 @@ def write_converted(
         tensors = source.load()
         for key in source.keys:
             target = source.map_key(key)
-            if target == DROP:
+            if target is DROP:
                 continue
             tensor = tensors[key]
             writer.add(target, transform(target, tensor) if transform else tensor)
@@ -258,15 +266,3 @@ def copy_if_present(src: PathLike, dst: PathLike, names: tuple[str, ...]) -> Non
             shutil.copy2(Path(src) / name, Path(dst) / name)
 
 
-def strip_json_fields(folder: PathLike, fields: tuple[str, ...]) -> None:
-    """Remove top-level `fields` from every JSON file of `folder` (e.g. `auto_map` on export)."""
-    for path in Path(folder).glob("*.json"):
-        if path.name in (SAFE_WEIGHTS_INDEX_NAME, "tokenizer.json"):
-            continue
-        data = read_json(path)
-        if isinstance(data, dict) and any(field in data for field in fields):
-            for field in fields:
-                data.pop(field, None)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
-                f.write("\n")

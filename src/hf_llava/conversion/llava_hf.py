@@ -16,19 +16,21 @@ import torch
 import transformers
 from transformers import GenerationConfig
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..modeling import LlavaConfig, LlavaForConditionalGeneration
 from ..processing import LlavaProcessor, get_chat_template
+from ..processing.processing_llava import strip_json_fields
 from .._atomic import atomic_output
 from .common import (
     DROP,
     ConversionError,
+    KeyRule,
     PathLike,
     expected_state,
     file_sources,
     loaded_name,
     read_json,
-    strip_json_fields,
     weight_files,
     write_converted,
 )
@@ -46,7 +48,7 @@ def save_hf_llava_config(
     config.architectures = [type(model).__name__]
     if model._auto_class is not None:  # hf_llava registers it: trust_remote_code copies, like save_pretrained
         custom_object_save(model, folder, config=config)
-        config.auto_map = {**config.auto_map, "AutoModelForVision2Seq": f"modeling_llava.{type(model).__name__}"}
+        model.add_auto_map_aliases()
     config.save_pretrained(folder)
     (generation_config or GenerationConfig.from_model_config(config)).save_pretrained(folder)
 
@@ -55,13 +57,13 @@ def _generation_config(src: Path) -> Optional[GenerationConfig]:
     return GenerationConfig.from_pretrained(src) if (src / "generation_config.json").is_file() else None
 
 
-def _map_key(expected: dict):
+def _map_key(expected: dict) -> KeyRule:
     """Either layout on disk (see `SAVED_LAYOUT`) -> the parameter name; None for a key the model lacks.
 
     With tied embeddings `expected` has no `lm_head.weight`; a checkpoint that stores it anyway (as some
     writers do) has it consumed, not refused: the model ties it to the input embeddings on load.
     """
-    def rule(key: str) -> Optional[str]:
+    def rule(key: str):
         name = loaded_name(key)
         if name in expected:
             return name
@@ -116,6 +118,7 @@ def convert_llava_hf_to_hf_llava(
         image_token=processor.image_token,
         num_additional_image_tokens=getattr(processor, "num_additional_image_tokens", None)
         or config.num_additional_image_tokens,
+        image_seq_length=config.num_image_tokens,
     )
     expected = expected_state(LlavaForConditionalGeneration, config)
     with atomic_output(dst, overwrite) as tmp:
@@ -173,5 +176,6 @@ def convert_hf_llava_to_llava_hf(
         (_generation_config(src) or GenerationConfig.from_model_config(target_config)).save_pretrained(tmp)
         processor.save_pretrained(tmp)
         # Our classes registered `auto_map` on the tokenizer / image processor: stock transformers must not see it.
-        strip_json_fields(tmp, ("auto_map",))
+        strip_json_fields([p for p in Path(tmp).glob("*.json") if p.name not in (SAFE_WEIGHTS_INDEX_NAME, "tokenizer.json")],
+                          ("auto_map",))
     return Path(dst)

@@ -19,19 +19,22 @@ LM (PEFT merges on a loaded model).
 """
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 
 from ..modeling import LlavaConfig, LlavaForConditionalGeneration
 from ..modeling.configuration_llava import projector_depth
 from ..processing import LlavaProcessor
+from ..builder import build_processor, tower_config
 from .._atomic import atomic_output
 from .common import (
     DROP,
     ConversionError,
+    KeyRule,
     PathLike,
     TensorSource,
     expected_state,
@@ -113,10 +116,10 @@ def _projector_type_from_keys(keys: list[str], origin: Path) -> str:
     return f"mlp{len(indices)}x_gelu"
 
 
-def _map_original_key(expected: dict):
+def _map_original_key(expected: dict) -> KeyRule:
     """Original LLaVA names -> ours; derived buffers (rotary `inv_freq`, CLIP `position_ids`) are dropped."""
 
-    def map_key(key: str) -> Optional[str]:
+    def map_key(key: str):
         if key.endswith("rotary_emb.inv_freq") or key.endswith("embeddings.position_ids"):
             return DROP
         target = None
@@ -137,10 +140,10 @@ def _map_original_key(expected: dict):
     return map_key
 
 
-def _map_clip_key(expected: dict):
+def _map_clip_key(expected: dict) -> KeyRule:
     """A CLIP folder (CLIPVisionModel or CLIPModel) -> our vision tower; CLIPModel's text half is unused by LLaVA."""
 
-    def map_key(key: str) -> Optional[str]:
+    def map_key(key: str):
         if key.startswith(_CLIP_TEXT_HALF) or key.endswith("embeddings.position_ids"):
             return DROP
         target = "model.vision_tower." + key
@@ -180,6 +183,107 @@ def _new_rows(weight: torch.Tensor, vocab_size: int, new_ids: list[int]) -> torc
     return out
 
 
+def _checkpoint_kind(src: Path, model_base: Optional[PathLike]) -> tuple[str, Optional[dict]]:
+    """("full" | "projector" | "lora", SRC's config.json or None), told apart by the files in SRC."""
+    if not src.exists():
+        raise ConversionError(f"{src} does not exist; pass an original LLaVA checkpoint folder or mm_projector.bin.")
+    raw = read_json(src / "config.json") if (src / "config.json").is_file() else None
+    if (src / "adapter_config.json").is_file():
+        kind = "lora"
+    else:
+        kind = "projector" if src.is_file() or (src / "mm_projector.bin").is_file() else "full"
+    if kind != "full" and model_base is None:
+        raise ConversionError(
+            f"{src} is a {kind} checkpoint: pass model_base (--model-base), the LM it was trained on."
+        )
+    if kind == "full" and raw is None:
+        raise ConversionError(
+            f"{src}: no config.json; expected an original LLaVA folder (config.json with mm_* fields)."
+        )
+    return kind, raw
+
+
+def _original_sources(kind: str, src: Path, model_base: Optional[PathLike]) -> list[TensorSource]:
+    """The checkpoint's tensors in the original layout, listed by name before any is read (no key rule yet)."""
+    if kind == "full":
+        return file_sources(weight_files(src), None)
+    if kind == "projector":
+        projector_file = src if src.is_file() else src / "mm_projector.bin"
+        return file_sources(weight_files(model_base), None) + file_sources([projector_file], None)
+    # lora: the merged LM plus the projector of non_lora_trainables.bin (which wins, as in the original loader)
+    tensors = _merged_lora_lm(src, Path(model_base))
+    if (src / "non_lora_trainables.bin").is_file():
+        extra = load_tensors(src / "non_lora_trainables.bin")
+        tensors.update({k.removeprefix("base_model.model."): v for k, v in extra.items()})
+    return [TensorSource(str(src), list(tensors), lambda: tensors, None)]
+
+
+def _vision_tower(src: Path, vision_tower: Optional[PathLike], mm: dict):
+    """(path, vision config) of the CLIP tower: `vision_tower`, else the config's `mm_vision_tower`."""
+    vision_path = vision_tower or mm["mm_vision_tower"]
+    if vision_path is None:
+        raise ConversionError(f"{src}: no vision tower given; pass vision_tower (--vision-tower PATH, a CLIP folder).")
+    try:
+        vision_config = tower_config(vision_path)
+    except OSError as error:
+        raise ConversionError(
+            f"Cannot read the vision tower {vision_path!s}: {error}. Pass --vision-tower PATH, a local folder of "
+            f"the CLIP model the checkpoint names ({mm['mm_vision_tower']})."
+        ) from error
+    layers = 1 if isinstance(mm["vision_feature_layer"], int) else len(mm["vision_feature_layer"])
+    if mm["mm_hidden_size"] not in (None, vision_config.hidden_size * layers):
+        raise ConversionError(
+            f"{src}: mm_hidden_size={mm['mm_hidden_size']} but the vision tower {vision_path} has hidden size "
+            f"{vision_config.hidden_size}; pass the --vision-tower the checkpoint was trained with."
+        )
+    return vision_path, vision_config
+
+
+def _processor(src: Path, lm_origin: Path, vision_path, chat_template: str, mm: dict) -> tuple[LlavaProcessor, int]:
+    """The processor (SRC's tokenizer, else the LM's, with `<image>` / `<pad>` added) and the tokenizer's
+    length before those were added."""
+    tokenizer_origin = src if src.is_dir() and (src / "tokenizer_config.json").is_file() else lm_origin
+    old_len = len(AutoTokenizer.from_pretrained(tokenizer_origin))
+    processor = build_processor(
+        str(vision_path), str(tokenizer_origin), chat_template=chat_template,
+        image_aspect_ratio=mm["image_aspect_ratio"],
+        vision_feature_select_strategy=mm["vision_feature_select_strategy"],
+    )
+    return processor, old_len
+
+
+def _llava_config(
+    lm_raw: dict, lm_origin: Path, vision_config, processor, mm: dict, old_vocab: int, dtype_name: Optional[str]
+) -> LlavaConfig:
+    """The hf-llava config: the LM's fields (vocabulary grown to the tokenizer's), the tower's, the `mm_*` settings."""
+    pad_token_id = processor.tokenizer.pad_token_id
+    text_config = _lm_config(lm_raw, lm_origin)
+    text_config.update(vocab_size=max(old_vocab, len(processor.tokenizer)), pad_token_id=pad_token_id)
+    return LlavaConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config,
+        image_token_index=processor.image_token_id,
+        projector_type=mm["projector_type"],
+        vision_feature_layer=mm["vision_feature_layer"],
+        vision_feature_select_strategy=mm["vision_feature_select_strategy"],
+        image_aspect_ratio=mm["image_aspect_ratio"],
+        pad_token_id=pad_token_id,
+        dtype=dtype_name,
+    )
+
+
+def _tensor_transform(dtype_name: Optional[str], vocab_size: int, old_vocab: int, new_ids: list[int]):
+    """Per written tensor: embedding / lm_head rows for the added tokens (`_new_rows`), then the LM's dtype."""
+    dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else None
+
+    def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if name in _EMBEDDINGS and tensor.shape[0] == old_vocab:
+            tensor = _new_rows(tensor, vocab_size, new_ids)
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+    return transform
+
+
 def convert_original_to_hf_llava(
     src: PathLike,
     dst: PathLike,
@@ -197,97 +301,25 @@ def convert_original_to_hf_llava(
     projector or a LoRA adapter. `chat_template`: a name from `CHAT_TEMPLATES` or Jinja source.
     """
     src = Path(src)
-    if not src.exists():
-        raise ConversionError(f"{src} does not exist; pass an original LLaVA checkpoint folder or mm_projector.bin.")
-    raw = read_json(src / "config.json") if (src / "config.json").is_file() else None
-    if src.is_file() or not (src / "adapter_config.json").is_file() and (src / "mm_projector.bin").is_file():
-        kind = "projector"
-    elif (src / "adapter_config.json").is_file():
-        kind = "lora"
-    else:
-        kind = "full"
-    if kind != "full" and model_base is None:
-        raise ConversionError(
-            f"{src} is a {kind} checkpoint: pass model_base (--model-base), the LM it was trained on."
-        )
-    if kind == "full" and raw is None:
-        raise ConversionError(
-            f"{src}: no config.json; expected an original LLaVA folder (config.json with mm_* fields)."
-        )
+    kind, raw = _checkpoint_kind(src, model_base)
     lm_origin = src if kind == "full" else Path(model_base)
     lm_raw = raw if kind == "full" else read_json(lm_origin / "config.json")
-
-    # Source tensors (original layout), listed by name before any is read.
-    if kind == "full":
-        files = weight_files(src)
-        llava_sources = file_sources(files, None)
-    elif kind == "projector":
-        projector_file = src if src.is_file() else src / "mm_projector.bin"
-        llava_sources = file_sources(weight_files(model_base), None) + file_sources([projector_file], None)
-    else:  # lora: the merged LM plus the projector of non_lora_trainables.bin (which wins, as in the original loader)
-        tensors = _merged_lora_lm(src, Path(model_base))
-        if (src / "non_lora_trainables.bin").is_file():
-            extra = load_tensors(src / "non_lora_trainables.bin")
-            tensors.update({k.removeprefix("base_model.model."): v for k, v in extra.items()})
-        llava_sources = [TensorSource(str(src), list(tensors), lambda: tensors, None)]
+    llava_sources = _original_sources(kind, src, model_base)
     all_keys = [k for s in llava_sources for k in s.keys]
     mm = _mm_settings(raw, src, [k for k in all_keys if k.startswith("model.mm_projector.")])
+    vision_path, vision_config = _vision_tower(src, vision_tower, mm)
 
-    vision_path = vision_tower or mm["mm_vision_tower"]
-    if vision_path is None:
-        raise ConversionError(f"{src}: no vision tower given; pass vision_tower (--vision-tower PATH, a CLIP folder).")
-    try:
-        vision_config = AutoConfig.from_pretrained(vision_path)
-    except OSError as error:
-        raise ConversionError(
-            f"Cannot read the vision tower {vision_path!s}: {error}. Pass --vision-tower PATH, a local folder of "
-            f"the CLIP model the checkpoint names ({mm['mm_vision_tower']})."
-        ) from error
-    vision_config = getattr(vision_config, "vision_config", vision_config)  # CLIPConfig -> its tower
-    layers = 1 if isinstance(mm["vision_feature_layer"], int) else len(mm["vision_feature_layer"])
-    if mm["mm_hidden_size"] not in (None, vision_config.hidden_size * layers):
-        raise ConversionError(
-            f"{src}: mm_hidden_size={mm['mm_hidden_size']} but the vision tower {vision_path} has hidden size "
-            f"{vision_config.hidden_size}; pass the --vision-tower the checkpoint was trained with."
-        )
-
-    tokenizer_origin = src if src.is_dir() and (src / "tokenizer_config.json").is_file() else lm_origin
-    old_len = len(AutoTokenizer.from_pretrained(tokenizer_origin))
-    processor = LlavaProcessor.from_vision_and_text(
-        str(vision_path), str(tokenizer_origin), chat_template=chat_template,
-        image_aspect_ratio=mm["image_aspect_ratio"],
-        vision_feature_select_strategy=mm["vision_feature_select_strategy"],
-    )
-    tokenizer = processor.tokenizer
-    new_ids = [i for i in {processor.image_token_id, tokenizer.pad_token_id} if i >= old_len]
-    text_config = _lm_config(lm_raw, lm_origin)
-    old_vocab = text_config.get("vocab_size", old_len)
-    text_config.update(vocab_size=max(old_vocab, len(tokenizer)), pad_token_id=tokenizer.pad_token_id)
+    processor, old_len = _processor(src, lm_origin, vision_path, chat_template, mm)
+    new_ids = [i for i in {processor.image_token_id, processor.tokenizer.pad_token_id} if i >= old_len]
+    old_vocab = lm_raw.get("vocab_size", old_len)  # embedding rows in the checkpoint
     dtype_name = lm_raw.get("torch_dtype") or lm_raw.get("dtype")
-    dtype = getattr(torch, dtype_name) if isinstance(dtype_name, str) else None
-    config = LlavaConfig(
-        vision_config=vision_config.to_dict(),
-        text_config=text_config,
-        image_token_index=processor.image_token_id,
-        projector_type=mm["projector_type"],
-        vision_feature_layer=mm["vision_feature_layer"],
-        vision_feature_select_strategy=mm["vision_feature_select_strategy"],
-        image_aspect_ratio=mm["image_aspect_ratio"],
-        pad_token_id=tokenizer.pad_token_id,
-        dtype=dtype_name,
-    )
+    config = _llava_config(lm_raw, lm_origin, vision_config, processor, mm, old_vocab, dtype_name)
+
     expected = expected_state(LlavaForConditionalGeneration, config)
-    for source in llava_sources:
-        source.map_key = _map_original_key(expected)
-    sources = list(llava_sources)
+    sources = [replace(source, map_key=_map_original_key(expected)) for source in llava_sources]
     if not any(k.startswith("model.vision_tower.") for k in all_keys):  # tower not saved: take the CLIP folder's
         sources += file_sources(weight_files(vision_path), _map_clip_key(expected))
-
-    def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
-        if name in _EMBEDDINGS and tensor.shape[0] == old_vocab:
-            tensor = _new_rows(tensor, config.text_config.vocab_size, new_ids)
-        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
-
+    transform = _tensor_transform(dtype_name, config.text_config.vocab_size, old_vocab, new_ids)
     with atomic_output(dst, overwrite) as tmp:
         write_converted(sources, expected, tmp, src, max_shard_size, transform, progress)
         save_hf_llava_config(config, tmp)

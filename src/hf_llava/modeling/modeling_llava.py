@@ -380,12 +380,16 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             model_inputs.pop("pixel_values", None)
         return model_inputs
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """As transformers, plus `AutoModelForVision2Seq` in the config's `auto_map` (one class, two Auto names)."""
+    def add_auto_map_aliases(self) -> None:
+        """`AutoModelForVision2Seq` in the config's `auto_map` beside the registered name (one class, two Auto names)."""
         if self._auto_class is not None:
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map["AutoModelForVision2Seq"] = f"modeling_llava.{type(self).__name__}"
             self.config.auto_map = auto_map
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers, plus the `auto_map` aliases (`add_auto_map_aliases`)."""
+        self.add_auto_map_aliases()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):

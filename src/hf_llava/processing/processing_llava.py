@@ -19,6 +19,21 @@ from .image_loading import load_images
 
 
 
+def strip_json_fields(paths, fields: tuple[str, ...]) -> None:
+    """Remove top-level `fields` from each existing JSON file in `paths` (rewritten only if it had one)."""
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if isinstance(data, dict) and any(field in data for field in fields):
+            for field in fields:
+                data.pop(field, None)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
+                f.write("\n")
+
+
 class LlavaProcessorKwargs(ProcessingKwargs, total=False):
     _defaults = {"text_kwargs": {"padding": False}, "images_kwargs": {}}
 
@@ -250,15 +265,8 @@ class LlavaProcessor(ProcessorMixin):
         if push_to_hub:
             raise ValueError("Use `processor.push_to_hub(repo_id)` or `hf_llava.push_to_hub(...)` to upload.")
         files = super().save_pretrained(save_directory, **kwargs)
-        for name in ("tokenizer_config.json", "preprocessor_config.json", "processor_config.json"):
-            path = os.path.join(save_directory, name)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    data = json.load(f)
-                if data.pop("processor_class", None) is not None:
-                    with open(path, "w", encoding="utf-8") as f:
-                        json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
-                        f.write("\n")
+        names = ("tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+        strip_json_fields([os.path.join(save_directory, name) for name in names], ("processor_class",))
         for attribute in (self.tokenizer, self.image_processor):
             if hasattr(attribute, "_processor_class"):
                 attribute._processor_class = None
