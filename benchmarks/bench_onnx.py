@@ -93,8 +93,8 @@ def main(argv=None) -> dict:
         processor.save_pretrained(f"{tmp}/model")
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
+        out = export_onnx(f"{tmp}/model", f"{tmp}/onnx", dtype="int8", show_progress=False)  # fp32 + int8
         for dtype in ("fp32", "int8"):
-            out = export_onnx(f"{tmp}/model", f"{tmp}/onnx-{dtype}", dtype=dtype, show_progress=False)
             ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, dtype=dtype, session_options=options)
             results[f"ort_{dtype}"] = _measure(
                 f"ort {dtype}", lambda: ort_model.first_step_logits(**inputs),

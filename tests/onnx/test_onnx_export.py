@@ -87,7 +87,7 @@ def test_int8_export_within_tolerance_via_cli(saved_llava, tmp_path, tiny_model,
         assert (out / "onnx" / f"{graph}_quantized.onnx").is_file()
     report = json.loads((out / "onnx" / "export_info.json").read_text())["validation"]
     assert report["relative_diff"] <= report["tolerance"]
-    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)  # dtype "auto" -> the exported int8
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, dtype="int8")
     assert "quantized" in ort_model.decoder_session._model_path
     texts = ["USER: <image>\nWhat? ASSISTANT:", "USER: <image>\nDescribe. ASSISTANT:"]
     batch = _prompts(tiny_processor, images, texts)
@@ -123,24 +123,24 @@ def test_interrupted_export_leaves_nothing_and_keeps_existing_out_dir(saved_llav
     before = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
     _failing_decoder_export(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        export_onnx(saved_llava, existing, show_progress=False)
+        export_onnx(saved_llava, existing, show_progress=False, overwrite=True)
     after = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in parent.iterdir()] == ["existing"]
 
 
 def test_unsupported_inputs_get_clear_errors(saved_llava, tmp_path):
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    with pytest.raises(ValueError, match="merge_and_unload"):
-        export_onnx(adapter, tmp_path / "out", show_progress=False)
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="refusing to replace"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         export_onnx(saved_llava, precious, show_progress=False)
     assert (precious / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="must not be MODEL_DIR"):
+        export_onnx(saved_llava, saved_llava / "onnx-out", show_progress=False)
+    with pytest.raises(ValueError, match="must not be MODEL_DIR"):  # replacing it would delete the model
+        export_onnx(saved_llava, saved_llava.parent, show_progress=False, overwrite=True)
+    assert (saved_llava / "config.json").is_file()
     with pytest.raises(ValueError, match="dtype='bf16'"):
         export_onnx(saved_llava, tmp_path / "out", dtype="bf16", show_progress=False)
 
@@ -155,7 +155,7 @@ def test_fp16_export_within_tolerance_and_reports_the_provider_that_ran(saved_ll
         assert report["provider"] == "CPUExecutionProvider" and "ran on CPU" in report["warning"]
         with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
             ORTLlavaForConditionalGeneration.from_pretrained(out, provider="CUDAExecutionProvider")
-    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)  # auto -> fp16
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, dtype="fp16")
     assert ort_model.decoder_session.get_inputs()[0].type == "tensor(float16)"
     assert ort_model.generate(torch.tensor([[1, 40, 41]]), max_new_tokens=3).shape[1] <= 6
 
@@ -178,23 +178,28 @@ def test_cuda_fp16_export_and_io_binding_generation(saved_llava, tmp_path, tiny_
     assert torch.equal(ort_model.generate(**batch, max_new_tokens=6, do_sample=False), expected)
 
 
-def test_bf16_pixel_values_are_accepted(saved_llava, tmp_path, tiny_model, tiny_processor, images):
-    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False)
+def test_bf16_pixel_values_give_pytorch_values(exported, images):
+    model, processor, out = exported
     ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)
-    batch = _prompts(tiny_processor, images[:1], ["USER: <image>\nWhat? ASSISTANT:"])
-    as_fp32 = ort_model.generate(**batch, max_new_tokens=4, do_sample=False)
+    batch = _prompts(processor, images[:1], ["USER: <image>\nWhat? ASSISTANT:"])
     batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
-    as_bf16 = ort_model.generate(**batch, max_new_tokens=4, do_sample=False)
-    assert as_bf16.shape == as_fp32.shape
+    # the same bf16 pixels, upcast exactly, through the fp32 PyTorch model
+    reference = dict(batch, pixel_values=batch["pixel_values"].float())
+    with torch.no_grad():
+        expected_logits = model(**reference).logits
+        expected_tokens = model.generate(**reference, max_new_tokens=4, do_sample=False)
+    torch.testing.assert_close(ort_model(**batch), expected_logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(ort_model.generate(**batch, max_new_tokens=4, do_sample=False), expected_tokens)
 
 
-def test_validation_rejects_non_finite_logits(tmp_path, tiny_model, tiny_processor):
-    from hf_llava.onnx import ExportValidationError
-
+def test_validation_rejects_non_finite_logits_as_a_two_line_cli_error(tmp_path, tiny_model, tiny_processor, capsys):
     with torch.no_grad():
         tiny_model.lm_head.weight[5] = float("inf")  # a broken checkpoint: inf/NaN logits
     tiny_model.save_pretrained(tmp_path / "broken")
     tiny_processor.save_pretrained(tmp_path / "broken")
-    with pytest.raises(ExportValidationError, match="non-finite"):
-        export_onnx(tmp_path / "broken", tmp_path / "onnx-out", show_progress=False)
+    # ExportValidationError is a ValueError: the CLI reports it like any bad input, without a traceback
+    assert main(["export-onnx", str(tmp_path / "broken"), str(tmp_path / "onnx-out")]) == 2
+    err = capsys.readouterr().err
+    lines = err[err.index("hf-llava export-onnx: error:"):].strip().splitlines()  # after the progress bar
+    assert len(lines) <= 2 and "non-finite logits" in lines[0] and "so does PyTorch" in lines[0], lines
     assert not (tmp_path / "onnx-out").exists()

@@ -14,71 +14,73 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._atomic import atomic_folder
-
+from .._atomic import atomic_output, check_output_folder
+from .._extras import require
+from .._loading import is_adapter, load_llava_model, resolve_adapter_base
 from . import graphs
+from .layout import DTYPES, EXPORT_INFO, GRAPH_NAMES, PROVIDERS, SUFFIXES, TOLERANCES, extra_for, onnx_file
 
-DTYPES = ("fp32", "fp16", "int8")
-SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_quantized"}
-GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-# Max |logits_ort - logits_torch| on the first step, relative to max(1, max |logits_torch|).
-TOLERANCES = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.15}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx_data", ".h5", ".msgpack")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_MODEL_FILES = ("config.json", "generation_config.json")
 # transformers.js picks the model class, the KV-cache input names and the decoder sizes from `model_type`
 # (configs.js `getNormalizedConfig`, models/registry.js): it knows LLaVA as `llava`, not `hf_llava`.
 TRANSFORMERS_JS_MODEL_TYPE = "llava"
 
 
-class ExportValidationError(RuntimeError):
-    """The exported graphs disagree with PyTorch beyond the tolerance of their dtype."""
+class ExportValidationError(ValueError):
+    """The exported folder does not load, or its graphs disagree with PyTorch beyond their dtype's tolerance."""
 
 
-def onnx_file(dtype: str, graph: str) -> str:
-    """`onnx/<graph><suffix>.onnx` for `dtype` in fp32 / fp16 / int8."""
-    return f"onnx/{graph}{SUFFIXES[dtype]}.onnx"
+def _first_line(error: BaseException) -> str:
+    """`Type: first sentence` of an error from a library, for a second line under our own message."""
+    text = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(error).__name__}: {text[:200]}"
 
 
-def _check_arguments(model_dir: Path, out_dir: Path, dtype: str, device: str) -> None:
+def _check_arguments(model_dir: Path, out_dir: Path, dtype: str, device: str, processor: Optional[Path]) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}.")
     if device not in PROVIDERS:
         raise ValueError(f"device={device!r}: expected one of {', '.join(PROVIDERS)}.")
-    if (model_dir / "adapter_config.json").is_file():
+    # `load_llava_model` checks these too, but only once it runs: here they come before the processor's check.
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"MODEL_DIR {model_dir}: no such folder; pass a folder written by save_pretrained.")
+    if not is_adapter(model_dir) and not (model_dir / "config.json").is_file():
+        raise ValueError(f"MODEL_DIR {model_dir} has no config.json: expected a folder written by save_pretrained.")
+    if processor is not None and not processor.is_dir():
+        raise FileNotFoundError(f"processor={processor}: no such folder; pass the folder the processor was saved to.")
+    # Replacing OUT_DIR (overwrite=True) must never delete an input.
+    for name, folder in ((f"MODEL_DIR {model_dir}", model_dir), (f"processor={processor}", processor)):
+        if folder is not None and (out_dir == folder or folder in out_dir.parents or out_dir in folder.parents):
+            raise ValueError(f"OUT_DIR {out_dir} must not be {name}, be inside it or contain it; pick another folder.")
+
+
+def _load_processor(model_dir: Path, model_source: Path, processor: Optional[Path]):
+    """`(folder, LlavaProcessor)`: from `processor`, else MODEL_DIR, else (an adapter) its base model folder."""
+    from hf_llava.processing import LlavaProcessor
+
+    candidates = [processor] if processor is not None else list(dict.fromkeys([model_dir, model_source]))
+    for folder in candidates:
+        try:
+            return folder, LlavaProcessor.from_pretrained(folder)
+        except Exception as error:  # transformers raises OSError / ValueError / TypeError for missing files
+            failure = error
+    if processor is not None:
         raise ValueError(
-            f"{model_dir} holds a PEFT adapter (adapter_config.json), not a full model. Merge it first: "
-            "`PeftModel.from_pretrained(base_model, MODEL_DIR).merge_and_unload().save_pretrained(MERGED_DIR)`, "
-            "save the processor next to it, then export MERGED_DIR."
-        )
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{model_dir} has no config.json: expected a folder written by `save_pretrained` (model + processor)."
-        )
-    if out_dir == model_dir or model_dir in out_dir.parents:
-        raise ValueError(f"OUT_DIR {out_dir} must not be MODEL_DIR or inside it; pick another folder.")
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "onnx").is_dir():
-        raise FileExistsError(
-            f"{out_dir} exists, is not empty and is not an ONNX export (no onnx/ folder); refusing to replace it. "
-            "Pick a new OUT_DIR or remove it."
-        )
-
-
-def _load_model(model_dir: Path):
-    from hf_llava.modeling import LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    if any("lora_" in name for name, _ in model.named_parameters()):
-        raise ValueError(
-            f"{model_dir} has LoRA weights inside the model; call `merge_and_unload()` before saving, then export."
-        )
-    return model.eval()
+            f"processor={processor} holds no loadable LlavaProcessor (tokenizer + image processor files); pass "
+            f"the folder LlavaProcessor.save_pretrained wrote.\n({_first_line(failure)})"
+        ) from failure
+    raise ValueError(
+        f"MODEL_DIR {model_dir} has no processor (tokenizer + image processor files); pass processor=DIR, a folder "
+        f"LlavaProcessor.save_pretrained wrote (the base model's, usually).\n({_first_line(failure)})"
+    ) from failure
 
 
 def _export_graphs(model, onnx_dir: Path, opset: int, progress) -> None:
@@ -130,11 +132,17 @@ def _write_variant(onnx_dir: Path, dtype: str) -> None:
                 root.setLevel(level)
 
 
-def _copy_side_files(model_dir: Path, out_dir: Path, model) -> None:
-    """Config, generation config, tokenizer / processor / chat template and modeling files; no weights."""
-    for path in model_dir.iterdir():
-        if path.is_file() and not path.name.endswith(_WEIGHT_SUFFIXES) and path.name not in _WEIGHT_INDEXES:
-            shutil.copy2(path, out_dir / path.name)
+def _copy_side_files(model_source: Path, out_dir: Path, model, processor, processor_source: Path) -> None:
+    """Config, generation config and modeling files, no weights; the processor's files from where it was found."""
+    separate = processor_source != model_source
+    for path in model_source.iterdir():
+        if not path.is_file() or path.name.endswith(_WEIGHT_SUFFIXES) or path.name in _WEIGHT_INDEXES:
+            continue
+        if separate and path.name not in _MODEL_FILES and path.suffix != ".py":
+            continue  # the processor comes from elsewhere: no stray tokenizer / image processor files from here
+        shutil.copy2(path, out_dir / path.name)
+    if separate:
+        processor.save_pretrained(out_dir)
     if not (out_dir / "generation_config.json").is_file():
         model.generation_config.save_pretrained(out_dir)
     # The folder holds no PyTorch weights; `ORTLlavaForConditionalGeneration` reads it back with hf-llava's
@@ -143,6 +151,17 @@ def _copy_side_files(model_dir: Path, out_dir: Path, model) -> None:
     config = json.loads(config_path.read_text())
     config["model_type"] = TRANSFORMERS_JS_MODEL_TYPE
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _check_processor_loads(folder: Path) -> None:
+    from hf_llava.processing import LlavaProcessor
+
+    try:
+        LlavaProcessor.from_pretrained(folder)
+    except Exception as error:
+        raise ExportValidationError(
+            f"The exported folder's processor does not load ({_first_line(error)}); nothing was written."
+        ) from error
 
 
 def _validation_inputs(config, seed: int = 0) -> dict:
@@ -169,7 +188,8 @@ def validate_export(
     """Compare the exported graphs with `model` (PyTorch, fp32) on a left-padded batch of 2 image prompts.
 
     Returns `{provider, dtype, max_abs_diff, relative_diff, tolerance, tokens_match}`; raises
-    `ExportValidationError` when fp32 greedy tokens differ or the first-step logits exceed `TOLERANCES[dtype]`.
+    `ExportValidationError` when fp32 greedy tokens differ, logits are not finite, or the first-step logits
+    exceed `TOLERANCES[dtype]`.
     """
     from .modeling_ort import ORTLlavaForConditionalGeneration
 
@@ -201,10 +221,11 @@ def validate_export(
             "device / libraries): the validation ran on CPU."
         )
     if not np.isfinite(logits[mask.numpy()]).all():
-        raise ExportValidationError(
-            f"{dtype} export: the graphs produce non-finite logits (NaN or inf): "
-            "the variant is unusable (fp16 overflow?). Use --dtype fp32."
-        )
+        if not np.isfinite(reference[mask.numpy()]).all():
+            cause = "so does PyTorch: the model's weights hold NaN / inf; check or re-save the checkpoint."
+        else:
+            cause = "PyTorch's are finite: the variant overflows; use dtype='fp32'."
+        raise ExportValidationError(f"{dtype} export: the graphs produce non-finite logits (NaN or inf); {cause}")
     if dtype == "fp32" and not report["tokens_match"]:
         raise ExportValidationError(
             f"fp32 export: greedy tokens differ from PyTorch (torch {torch_tokens.tolist()}, onnx "
@@ -214,9 +235,23 @@ def validate_export(
         raise ExportValidationError(
             f"{dtype} export: first-step logits differ from PyTorch by {diff:.3g} (relative {diff / scale:.3g}), "
             f"above the {dtype} tolerance {TOLERANCES[dtype]} (relative to max(1, max |logits|)). "
-            "Use --dtype fp32, or --no-validate to keep it anyway."
+            "Use dtype='fp32', or validate=False to keep it anyway."
         )
     return report
+
+
+def validation_summary(report: dict) -> str:
+    """The one line `export_onnx` prints for a `validate_export` report."""
+    if report["tokens_match"]:
+        tokens = "greedy tokens match"
+    else:  # fp32 never gets here (it raises); fp16 / int8 round differently, so a near tie can flip
+        within = "within" if report["relative_diff"] <= report["tolerance"] else "beyond"
+        tokens = f"greedy tokens differ (expected for {report['dtype']}: logits {within} tolerance)"
+    return (
+        f"validation ({report['dtype']}, provider {report['provider']}): first-step max abs diff "
+        f"{report['max_abs_diff']:.3g} (relative {report['relative_diff']:.3g}, tolerance {report['tolerance']}), "
+        f"{tokens}"
+    )
 
 
 def export_onnx(
@@ -227,20 +262,36 @@ def export_onnx(
     opset: int = 17,
     validate: bool = True,
     show_progress: bool = True,
+    *,
+    processor: Union[str, Path, None] = None,
+    overwrite: bool = False,
+    merge_adapter: bool = False,
 ) -> Path:
     """Export the hf-llava model saved in `model_dir` to `out_dir` (see the module docstring for the layout).
 
     `dtype`: `fp32` (always written, the reference), `fp16` (for CUDA, suffix `_fp16`) or `int8` (dynamic
     quantization, suffix `_quantized`) written beside it. `device`: the execution provider validation runs
-    on. Returns `out_dir`. Nothing is written to `out_dir` until every step, validation included, succeeded.
+    on. `processor`: a folder holding the processor files (tokenizer, image processor), for a `model_dir`
+    without them (the default is `model_dir`'s own, or for a LoRA adapter its base model's). `overwrite`:
+    replace an existing non-empty `out_dir`. `merge_adapter`: `model_dir` may be a LoRA adapter, merged into
+    its base model. Returns `out_dir`. Bad inputs raise before any slow work; nothing is written to `out_dir`
+    until every step succeeded, validation and loading the processor back included.
     """
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
-    _check_arguments(model_dir, out_dir, dtype, device)
-    total = 6 + (dtype != "fp32") + bool(validate)  # load, 3 graphs, side files, move (+ variant, + validation)
-    with tqdm(total=total, desc="load model", disable=not show_progress) as progress:
-        with atomic_folder(out_dir) as tmp_dir:  # nothing appears at out_dir unless every step succeeds
-            model = _load_model(model_dir)
-            progress.update(1)
+    processor_dir = None if processor is None else Path(processor).resolve()
+    _check_arguments(model_dir, out_dir, dtype, device, processor_dir)
+    require("onnx", extra_for(device), "ONNX export")
+    if validate or dtype != "fp32":
+        require("onnxruntime", extra_for(device), "Validating the export and writing fp16 / int8 variants")
+    check_output_folder(out_dir, overwrite, what="OUT_DIR")
+    model_source = Path(resolve_adapter_base(model_dir)) if is_adapter(model_dir) else model_dir
+    processor_source, llava_processor = _load_processor(model_dir, model_source, processor_dir)
+    # before the progress bar: an adapter without merge_adapter=True or corrupt weights fail in one clean message
+    model = load_llava_model(model_dir, merge_adapter=merge_adapter, dtype=torch.float32).eval()
+    total = 5 + (dtype != "fp32") + bool(validate)  # 3 graphs, side files, move (+ variant, + validation)
+    with tqdm(total=total, desc="export", disable=not show_progress) as progress:
+        # nothing appears at out_dir unless every step succeeds
+        with atomic_output(out_dir, overwrite, what="OUT_DIR") as tmp_dir:
             onnx_dir = tmp_dir / "onnx"
             onnx_dir.mkdir()
             _export_graphs(model, onnx_dir, opset, progress)
@@ -249,25 +300,20 @@ def export_onnx(
                 _write_variant(onnx_dir, dtype)
                 progress.update(1)
             progress.set_description("copy config and processor")
-            _copy_side_files(model_dir, tmp_dir, model)
+            _copy_side_files(model_source, tmp_dir, model, llava_processor, processor_source)
+            _check_processor_loads(tmp_dir)
             info = {"dtype": dtype, "opset": opset, "files": [onnx_file(dtype, g) for g in GRAPH_NAMES]}
-            (onnx_dir / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
+            (tmp_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
             progress.update(1)
             if validate:
                 progress.set_description(f"validate on {device}")
                 info["validation"] = validate_export(model, tmp_dir, dtype, device)
-                (onnx_dir / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
+                (tmp_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
                 progress.update(1)
             progress.set_description("move into place")
         progress.update(1)
     if validate:
-        report = info["validation"]
-        print(
-            f"validation ({dtype}, provider {report['provider']}): "
-            f"first-step max abs diff {report['max_abs_diff']:.3g} "
-            f"(relative {report['relative_diff']:.3g}, tolerance {report['tolerance']}), greedy tokens "
-            f"{'match' if report['tokens_match'] else 'differ'}"
-        )
-        if "warning" in report:
-            print(f"warning: {report['warning']}")
+        print(validation_summary(info["validation"]))
+        if "warning" in info["validation"]:
+            print(f"warning: {info['validation']['warning']}")
     return out_dir

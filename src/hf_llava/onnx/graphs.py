@@ -1,8 +1,8 @@
 """The three exportable graphs of a LLaVA model and their ONNX export with `torch.onnx.export`.
 
 Owns: the wrapper modules (vision encoder + projector, token embeddings, decoder with a flat KV
-cache), the 4-D attention mask the decoder builds for itself, and the input/output names and
-dynamic axes of the transformers.js / onnx-community layout.
+cache), the 4-D attention mask the decoder builds for itself, and the dynamic axes of the
+transformers.js / onnx-community layout (its names live in `layout.py`).
 
 Why not Optimum: optimum 2.1 / optimum-onnx 0.1 know no llava (no VLM) architecture, and their
 custom-config route exports one `PreTrainedModel.forward` per file; our three graphs are slices
@@ -23,22 +23,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-
-def past_names(num_layers: int) -> list[str]:
-    """`past_key_values.{i}.key`, `past_key_values.{i}.value` for every layer, in order."""
-    return [f"past_key_values.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
-
-
-def present_names(num_layers: int) -> list[str]:
-    """`present.{i}.key`, `present.{i}.value` for every layer, in order."""
-    return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
-
-
-def kv_shape(text_config) -> tuple[int, int]:
-    """`(num_key_value_heads, head_dim)` of the LM's cache."""
-    heads = getattr(text_config, "num_key_value_heads", None) or text_config.num_attention_heads
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    return heads, head_dim
+from .layout import kv_shape, past_names, present_names
 
 
 class VisionEncoder(nn.Module):

@@ -7,32 +7,60 @@ Why a loop of our own rather than `GenerationMixin`: `GenerationMixin` drives a 
 cache is a `transformers.Cache` of torch tensors (plus `device`, parameters, `cache_position`
 bookkeeping). Here the cache is ONNX Runtime's (numpy arrays, or OrtValues on the device), so a
 shim would convert it at every step or fake a torch cache. The loop below is ~60 lines and reuses
-transformers' `GenerationConfig` and logits processors / warpers, so `do_sample`, `temperature`,
-`top_k`, `top_p`, `repetition_penalty`, `min_new_tokens`, `eos_token_id` behave as in transformers,
-and greedy output equals `LlavaForConditionalGeneration.generate` token for token.
+transformers' `GenerationConfig` and logits processors / warpers, in transformers' order, so the
+fields in `SUPPORTED_FIELDS` behave as in transformers and greedy output equals
+`LlavaForConditionalGeneration.generate` token for token. Any other field set away from its default
+(beam search, contrastive search, `num_return_sequences`...) is refused by name, never ignored.
 """
 
 import copy
-import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from transformers import GenerationConfig
-from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.generation.logits_process import (
+    ForcedEOSTokenLogitsProcessor,
     LogitsProcessorList,
+    MinLengthLogitsProcessor,
     MinNewTokensLengthLogitsProcessor,
+    NoBadWordsLogitsProcessor,
+    NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    SuppressTokensAtBeginLogitsProcessor,
+    SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from .graphs import kv_shape, past_names, present_names
+from .._extras import require
+from .layout import DTYPES, EXPORT_INFO, GRAPH_NAMES, kv_shape, onnx_file, past_names, present_names
+
+ort = require("onnxruntime", "onnx", "ONNX Runtime inference")
+logger = logging.getLogger(__package__)  # "hf_llava.onnx"
+
+# GenerationConfig fields the loop implements (through the processors built in `_logits_processors`)...
+SUPPORTED_FIELDS = frozenset({
+    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "eos_token_id", "pad_token_id",
+    "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
+    "bad_words_ids", "sequence_bias", "suppress_tokens", "begin_suppress_tokens", "forced_eos_token_id",
+    "return_dict_in_generate", "output_logits", "output_scores",
+})
+# ...and those that change nothing here: PyTorch-side cache / compilation settings, assistant-model settings
+# (no assistant can be passed), beam-search-only settings (beam search itself is refused), bookkeeping.
+NO_EFFECT_FIELDS = frozenset({
+    "bos_token_id", "decoder_start_token_id", "use_cache", "cache_implementation", "cache_config",
+    "return_legacy_cache", "compile_config", "disable_compile", "prefill_chunk_size", "low_memory",
+    "early_stopping", "length_penalty", "is_assistant", "num_assistant_tokens", "num_assistant_tokens_schedule",
+    "assistant_confidence_threshold", "assistant_lookbehind", "assistant_early_exit", "target_lookbehind",
+    "max_matching_ngram_size", "transformers_version", "_from_model_config",
+})
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -76,23 +104,25 @@ class ORTLlavaForConditionalGeneration:
         session_options: Optional[ort.SessionOptions] = None,
         provider_options: Optional[dict] = None,
     ) -> "ORTLlavaForConditionalGeneration":
-        """Load an `export_onnx` folder. `dtype`: `auto` (the one exported), `fp32`, `fp16` or `int8`.
+        """Load an `export_onnx` folder. `dtype`: `auto` (the most precise variant present: fp32, which every
+        export writes), `fp32`, `fp16` or `int8`.
 
         ONNX Runtime silently falls back to CPU when a provider cannot start (onnxruntime-gpu on a machine
-        without CUDA): the provider actually used is `self.provider`, and a warning says so.
+        without CUDA): the provider actually used is `self.provider`, and a warning says so. The graph files
+        loaded and the provider are logged (logger `hf_llava.onnx`, INFO).
         """
         from hf_llava.modeling import LlavaConfig
 
-        from .export import GRAPH_NAMES, onnx_file
-
         path = Path(path)
-        info_path = path / "onnx" / "export_info.json"
-        if not info_path.is_file():
+        if not (path / EXPORT_INFO).is_file():
             raise FileNotFoundError(
-                f"{path} has no onnx/export_info.json: expected a folder written by `hf-llava export-onnx`."
+                f"{path} has no {EXPORT_INFO}: expected a folder written by `hf-llava export-onnx`."
             )
         if dtype == "auto":
-            dtype = json.loads(info_path.read_text())["dtype"]
+            present = [d for d in DTYPES if all((path / onnx_file(d, g)).is_file() for g in GRAPH_NAMES)]
+            dtype = present[0] if present else DTYPES[0]  # none complete: fp32's missing files are named below
+        elif dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r}: expected 'auto' or one of {', '.join(DTYPES)}.")
         files = {g: path / onnx_file(dtype, g) for g in GRAPH_NAMES}
         missing = [str(f) for f in files.values() if not f.is_file()]
         if missing:
@@ -110,6 +140,8 @@ class ORTLlavaForConditionalGeneration:
         used = sessions["decoder_model_merged"].get_providers()[0]
         if used != provider:
             warnings.warn(f"{provider} was requested but ONNX Runtime runs on {used}.")
+        logger.info("loaded %s (%s) from %s on %s", ", ".join(onnx_file(dtype, g) for g in GRAPH_NAMES), dtype,
+                    path, used)
         config_dict, _ = LlavaConfig.get_config_dict(path)
         config_dict["model_type"] = LlavaConfig.model_type  # the file says `llava`, for transformers.js
         config = LlavaConfig.from_dict(config_dict)
@@ -187,13 +219,42 @@ class ORTLlavaForConditionalGeneration:
 
     # generation
 
-    def _logits_processors(self, config: GenerationConfig, prompt_length: int) -> LogitsProcessorList:
-        eos = config.eos_token_id
+    @staticmethod
+    def _check_fields(config: GenerationConfig) -> None:
+        """Refuse, by name, every field set away from its default that the loop would otherwise ignore."""
+        refused = {k: v for k, v in config.to_diff_dict().items() if k not in SUPPORTED_FIELDS | NO_EFFECT_FIELDS}
+        if refused:
+            listed = ", ".join(f"{k}={v!r}" for k, v in sorted(refused.items()))
+            raise ValueError(
+                f"ORTLlavaForConditionalGeneration.generate does not implement {listed} (greedy or sampled decoding "
+                "only: no beam / contrastive / assisted search); leave them at their defaults or use PyTorch."
+            )
+
+    @staticmethod
+    def _logits_processors(
+        config: GenerationConfig, prompt_length: int, eos: Optional[torch.Tensor], extra: LogitsProcessorList
+    ) -> LogitsProcessorList:
+        """The processors transformers' `_get_logits_processor` builds for the supported fields, in its order."""
         processors = LogitsProcessorList()
+        if config.sequence_bias is not None:
+            processors.append(SequenceBiasLogitsProcessor(config.sequence_bias))
         if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
             processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
-        if config.min_new_tokens and eos is not None:
+        if config.no_repeat_ngram_size is not None and config.no_repeat_ngram_size > 0:
+            processors.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        if config.bad_words_ids is not None:
+            processors.append(NoBadWordsLogitsProcessor(config.bad_words_ids, eos))
+        if config.min_length is not None and config.min_length > 0 and eos is not None:
+            processors.append(MinLengthLogitsProcessor(config.min_length, eos))
+        if config.min_new_tokens is not None and config.min_new_tokens > 0 and eos is not None:
             processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, config.min_new_tokens, eos))
+        if config.forced_eos_token_id is not None:
+            processors.append(ForcedEOSTokenLogitsProcessor(config.max_length, config.forced_eos_token_id))
+        if config.suppress_tokens is not None:
+            processors.append(SuppressTokensLogitsProcessor(config.suppress_tokens))
+        if config.begin_suppress_tokens is not None:
+            processors.append(SuppressTokensAtBeginLogitsProcessor(config.begin_suppress_tokens, prompt_length))
+        processors.extend(extra)  # the caller's, before the warpers, as transformers merges them
         if config.do_sample:
             if config.temperature is not None and config.temperature != 1.0:
                 processors.append(TemperatureLogitsWarper(config.temperature))
@@ -214,6 +275,10 @@ class ORTLlavaForConditionalGeneration:
     ) -> Union[torch.LongTensor, GenerateDecoderOnlyOutput]:
         """Greedy or sampled generation; `kwargs` are `GenerationConfig` fields (`max_new_tokens`, `do_sample`...).
 
+        Fields outside `SUPPORTED_FIELDS` / `NO_EFFECT_FIELDS` set away from their defaults (`num_beams=3`...)
+        raise `ValueError` naming them, whether they come from `kwargs`, `generation_config` or the folder's
+        `generation_config.json`.
+
         `input_ids`, `attention_mask` `(B, T)`, left-padded for batches; `pixel_values` `(num_images, 3, H, W)`
         for the `<image>` tokens in row order. Returns `(B, T + new)`; finished rows are filled with the pad token.
         With `return_dict_in_generate=True`: a `GenerateDecoderOnlyOutput` with `logits` / `scores` (one `(B, vocab)`
@@ -229,15 +294,17 @@ class ORTLlavaForConditionalGeneration:
         else:
             mask = _numpy(attention_mask).astype(np.int64)
         batch, prompt_length = ids.shape
+        self._check_fields(config)
         if config.max_new_tokens is not None:
             max_new = config.max_new_tokens
+            config.max_length = prompt_length + max_new  # as transformers: forced_eos_token_id counts on it
         else:
             max_new = max(0, config.max_length - prompt_length)
         eos = config.eos_token_id
         eos = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), dtype=torch.long)
         pad = config.pad_token_id if config.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
-        processors = self._logits_processors(config, prompt_length)
-        processors.extend(logits_processor or [])
+        processors = self._logits_processors(config, prompt_length, eos if len(eos) else None,
+                                             logits_processor or LogitsProcessorList())
 
         embeds = self.embed(ids.numpy(), _numpy(pixel_values))
         position_ids = np.where(mask == 0, 1, mask.cumsum(-1) - 1)  # left padding, as transformers
