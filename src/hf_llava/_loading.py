@@ -80,10 +80,12 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
             )
         from peft import PeftModel
 
+        from .trainers.freezing import merge_lora
+
         _check_weights(Path(base))
         _check_weights(path)
         model = LlavaForConditionalGeneration.from_pretrained(base, **from_pretrained_kwargs)
-        return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        return merge_lora(PeftModel.from_pretrained(model, str(path)))
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} has no config.json: expected a model folder written by save_pretrained.")
     _check_weights(path)

@@ -12,13 +12,11 @@ from typing import Optional
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, LlavaImageProcessor
 
+from .data.llava_json import IMAGE_ASPECT_RATIOS
 from .modeling import LlavaConfig, LlavaForConditionalGeneration
 from .modeling.configuration_llava import has_cls_token
 from .modeling.modeling_llava import LlavaMultiModalProjector
 from .processing import LlavaProcessor, add_llava_tokens
-
-IMAGE_ASPECT_RATIOS = ("pad", "square")
-
 
 def tower_config(vision_name_or_path: str):
     """The vision tower's config from a tower folder or a whole CLIP / SigLIP folder."""

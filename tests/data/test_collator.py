@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 
+from hf_llava import tiny
 from hf_llava.data import IGNORE_INDEX, LlavaDataCollator, LlavaMaskError, load_llava_dataset
 
 from .conftest import sample, write_llava
@@ -101,6 +102,41 @@ def test_image_position_random_is_seeded_and_varies(tiny_processor, folder):
     assert {first_user(LlavaDataCollator(tiny_processor, image_position="before"), i) for i in range(5)} == {"image"}
     text, _ = LlavaDataCollator(tiny_processor, image_position="keep").render_with_spans(_row(0, folder=folder))
     assert "USER: <image>\nWhat is shown?" in text
+
+
+def test_image_goes_before_the_question_by_default_as_in_llava_1_5(tiny_processor, folder):
+    rows = [_row(i, folder=folder) for i in range(8)]
+    for row in rows:
+        row["conversations"][0]["value"] = "What is shown?\n<image>"  # the JSON puts the image after the question
+    collator = LlavaDataCollator(tiny_processor)
+    for row in rows:
+        assert "USER: <image>\nWhat is shown? ASSISTANT:" in collator.render_with_spans(row)[0]
+    kept, _ = LlavaDataCollator(tiny_processor, image_position="keep").render_with_spans(rows[0])
+    assert "USER: What is shown?\n<image> ASSISTANT:" in kept
+
+
+def _wide_row(tmp_path):
+    path = tmp_path / "wide.png"
+    tiny.demo_image(40, seed=5).resize((80, 40)).save(path)  # 2:1, so padding and cropping differ
+    return {"id": "w", "image": str(path), "conversations": sample(0)["conversations"]}
+
+
+def test_image_aspect_ratio_square_crops_and_pad_pads(tmp_path, tokenizer, tiny_config, tiny_processor):
+    row = _wide_row(tmp_path)
+    square = LlavaDataCollator(tiny_processor, image_aspect_ratio="square")([row])["pixel_values"]
+    pad = LlavaDataCollator(tiny_processor, image_aspect_ratio="pad")([row])["pixel_values"]
+    image = tiny.demo_image(40, seed=5).resize((80, 40))
+    crop_processor = tiny.build_processor(tokenizer, tiny_config, pad=False)  # CLIP's resize + centre crop
+    assert torch.allclose(square[0], torch.from_numpy(crop_processor(images=image)["pixel_values"][0]))
+    assert torch.allclose(pad[0], torch.from_numpy(tiny_processor(images=image)["pixel_values"][0]))  # do_pad=True
+    assert not torch.allclose(square, pad)
+
+
+def test_image_aspect_ratio_pad_needs_a_processor_that_pads(tokenizer, tiny_config):
+    crop_processor = tiny.build_processor(tokenizer, tiny_config, pad=False)
+    with pytest.raises(ValueError, match="image_aspect_ratio='pad': the processor's CLIPImageProcessor cannot pad"):
+        LlavaDataCollator(crop_processor, image_aspect_ratio="pad")
+    LlavaDataCollator(crop_processor, image_aspect_ratio="square")  # its own crop is "square"
 
 
 def test_mask_that_cannot_be_built_raises_with_sample_id(tiny_processor, folder):

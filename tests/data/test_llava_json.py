@@ -37,10 +37,25 @@ def test_validation_names_file_sample_and_problem(tmp_path, mutate, message):
     path, folder = write_llava(tmp_path, [sample(0), bad])
     with pytest.raises(ValueError) as err:
         load_llava_dataset(path, image_folder=folder)
-    text = str(err.value)
-    assert message in text and str(path) in text and "(index 1)" in text
+    first = str(err.value).splitlines()[0]  # what a CLI shows first: the count, the problem and the fix
+    assert first.startswith(f"{path}: ") and " in the LLaVA data" in first
+    assert message in first and "(index 1)" in first and "fix" in first
     if "id" in bad:
-        assert "'s1'" in text
+        assert "'s1'" in first
+
+
+def test_missing_image_names_the_resolved_path_and_the_image_folder(tmp_path):
+    missing = sample(1)
+    missing["image"] = "sub/gone.png"
+    path, folder = write_llava(tmp_path, [sample(0), missing])
+    with pytest.raises(ValueError) as err:
+        load_llava_dataset(path, image_folder=folder)
+    first = str(err.value).splitlines()[0]
+    assert f"image file missing: '{folder / 'sub' / 'gone.png'}'" in first
+    assert f"joined with image_folder='{folder}'" in first and "bad_image_policy='skip'" in first
+    with pytest.raises(ValueError) as err:  # no folder given: paths resolve against the working directory
+        load_llava_dataset(path)
+    assert "image paths resolve against image_folder=DIR, not given" in str(err.value).splitlines()[0]
 
 
 def test_missing_image_skip_policy_drops_and_logs(tmp_path, caplog):
@@ -58,5 +73,8 @@ def test_all_problems_reported_at_once(tmp_path):
     for r in records[1:]:
         r["conversations"][0]["from"] = "system"
     path, folder = write_llava(tmp_path, records)
-    with pytest.raises(ValueError, match="3 problem"):
+    with pytest.raises(ValueError) as err:
         load_llava_dataset(path, image_folder=folder)
+    lines = str(err.value).splitlines()
+    assert "3 problems in the LLaVA data, the first: sample 's1' (index 1): turn 0: unknown role 'system'" in lines[0]
+    assert [line.strip().split(":")[0] for line in lines[1:]] == ["sample 's2' (index 2)", "sample 's3' (index 3)"]

@@ -2,9 +2,10 @@
 
 What it owns: turning LLaVA turns into chat messages (placing the image before or after the first
 question), rendering them with a LLaVA chat template, tokenizing through the processor (which expands
-`<image>`), and the labels: -100 everywhere except the assistant answers and their end-of-turn
-(`ASSISTANT_END`). The answers' character spans come from rendering the conversation prefix by prefix;
-the token mask comes from the fast tokenizer's offsets. A sample whose mask cannot be built raises.
+`<image>`, and pads images to a square or not, per `image_aspect_ratio`), and the labels: -100 everywhere
+except the assistant answers and their end-of-turn (`ChatFormat.assistant_end`). The answers' character
+spans come from rendering the conversation prefix by prefix; the token mask comes from the fast
+tokenizer's offsets. A sample whose mask cannot be built raises.
 Images are opened here, under the bad-image policy (`error` or `skip` with a count and a summary).
 """
 
@@ -15,13 +16,12 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..processing import ASSISTANT_END, CHAT_TEMPLATES, load_image
-from .llava_json import BAD_IMAGE_POLICIES, IMAGE_PLACEHOLDER
+from ..processing import CHAT_FORMATS, get_chat_template, load_image
+from .llava_json import BAD_IMAGE_POLICIES, IMAGE_ASPECT_RATIOS, IMAGE_PLACEHOLDER, IMAGE_POSITIONS
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-IMAGE_POSITIONS = ("random", "before", "keep")
 
 
 class LlavaMaskError(ValueError):
@@ -38,16 +38,19 @@ class LlavaDataCollator:
         max_length: truncate longer samples with the processor's `truncation` (never through image tokens).
         truncation: `"text_only"` (drop text tokens, keep every image token) or `True` (raise if the cut would hit
             image tokens).
-        image_position: `"random"` (before or after the first question, per sample, seeded: the paper),
-            `"before"` (LLaVA-1.5's code), `"keep"` (where the data put `<image>`).
+        image_position: `"before"` (LLaVA-1.5's training code: `<image>\\n` first, whatever the JSON says),
+            `"random"` (before or after the first question, per sample, seeded: the paper), `"keep"` (where the
+            data put `<image>`).
+        image_aspect_ratio: `"pad"` (pad to a square with the mean colour, then resize: LLaVA-1.5 stage 2),
+            `"square"` (resize + centre crop, no pad: LLaVA-1.5 stage 1), or None (the processor's own setting).
+            `"pad"` needs an image processor that pads (`LlavaImageProcessor`).
         seed: seeds `"random"`; the choice depends only on (seed, sample id), so it survives resume and workers.
         bad_image_policy: `"error"` raises on an unreadable image; `"skip"` drops the sample and counts it.
         padding_side: `"right"` (training default) or `"left"`.
 
     Returns (from `__call__`): `input_ids`, `attention_mask`, `labels` `(B, T)` and, when a sample has an image,
-    `pixel_values` `(num_images, 3, H, W)`; `image_keys` (list of image paths, one per image) if
-    `return_image_keys`; `data_report` (skipped / truncated-away samples of this batch) if `report_in_batch`
-    and there are any (the hf-llava trainers pop it before the forward and summarise it at the end).
+    `pixel_values` `(num_images, 3, H, W)`; `data_report` (skipped / truncated-away samples of this batch) if
+    `report_in_batch` and there are any (the hf-llava trainers pop it before the forward and summarise it at the end).
     """
 
     def __init__(
@@ -56,14 +59,14 @@ class LlavaDataCollator:
         template: str = "vicuna_v1",
         max_length: Optional[int] = None,
         truncation: Union[bool, str] = "text_only",
-        image_position: str = "random",
+        image_position: str = "before",
         seed: int = 0,
         bad_image_policy: str = "error",
         padding_side: str = "right",
         assistant_end: Optional[str] = None,
         pad_to_multiple_of: Optional[int] = None,
-        return_image_keys: bool = False,
         report_in_batch: bool = False,
+        image_aspect_ratio: Optional[str] = None,
     ):
         if image_position not in IMAGE_POSITIONS:
             raise ValueError(f"image_position={image_position!r}: expected one of {IMAGE_POSITIONS}.")
@@ -73,16 +76,14 @@ class LlavaDataCollator:
             raise ValueError(f"truncation={truncation!r}: expected 'text_only' or True.")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'.")
+        self.image_kwargs = _aspect_ratio_kwargs(processor, image_aspect_ratio)
         tokenizer = processor.tokenizer
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("LlavaDataCollator needs a fast tokenizer (offsets); load it with use_fast=True.")
-        if template in CHAT_TEMPLATES:
-            self.template_name, self.chat_template = template, CHAT_TEMPLATES[template]
-            assistant_end = ASSISTANT_END[template] if assistant_end is None else assistant_end
-        elif "{" in template:
-            self.template_name, self.chat_template = "<custom>", template
-        else:
-            raise ValueError(f"Unknown template {template!r}; expected one of {sorted(CHAT_TEMPLATES)} or Jinja source.")
+        self.chat_template = get_chat_template(template)  # a known name or Jinja source, else an error
+        self.template_name = template if template in CHAT_FORMATS else "<custom>"
+        if assistant_end is None and template in CHAT_FORMATS:
+            assistant_end = CHAT_FORMATS[template].assistant_end
         self.processor = processor
         self.tokenizer = tokenizer
         self.assistant_end = assistant_end
@@ -93,7 +94,7 @@ class LlavaDataCollator:
         self.bad_image_policy = bad_image_policy
         self.padding_side = padding_side
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.return_image_keys = return_image_keys
+        self.image_aspect_ratio = image_aspect_ratio
         self.image_token = processor.image_token
         self.image_token_id = processor.image_token_id
         self.report_in_batch = report_in_batch
@@ -181,12 +182,16 @@ class LlavaDataCollator:
             )
         return labels
 
-    def _expanded_spans(self, text: str, spans: list, tokens_per_image: int) -> list[tuple[int, int]]:
-        """Shift character spans from the rendered text to the processor's text, where `<image>` is repeated."""
-        extra = (tokens_per_image - 1) * len(self.image_token)
+    def _expanded_spans(self, text: str, spans: list, tokens_per_image: list[int]) -> list[tuple[int, int]]:
+        """Shift character spans from the rendered text to the processor's, through its one expansion function."""
+        _, added = self.processor.expand_image_tokens(text, tokens_per_image)
+        starts, pos = [], text.find(self.image_token)
+        while pos != -1:
+            starts.append(pos)
+            pos = text.find(self.image_token, pos + 1)
 
         def shift(pos: int) -> int:
-            return pos + extra * text[:pos].count(self.image_token)
+            return pos + sum(extra for start, extra in zip(starts, added) if start < pos)
 
         return [(shift(a), shift(b)) for a, b in spans]
 
@@ -224,17 +229,16 @@ class LlavaDataCollator:
         rendered = [self.render_with_spans(row) for row in rows]
         present = [im for im in images if im is not None]
         out = self.processor(
-            images=present or None, text=[text for text, _ in rendered], return_offsets_mapping=True
+            images=present or None, text=[text for text, _ in rendered], return_offsets_mapping=True,
+            **(self.image_kwargs if present else {}),
         )
         pixel_values = list(out["pixel_values"]) if present else []
-        tokens_per_image = 1
-        if present:
-            height, width = np.asarray(pixel_values[0]).shape[-2:]
-            tokens_per_image = self.processor.num_image_tokens(height, width)
+        counts = [self.processor.num_image_tokens(*np.asarray(p).shape[-2:]) for p in pixel_values]
         samples, next_image = [], 0
         for i, (row, (text, spans)) in enumerate(zip(rows, rendered)):
             ids, offsets = list(out["input_ids"][i]), out["offset_mapping"][i]
-            labels = self._labels(row, ids, offsets, self._expanded_spans(text, spans, tokens_per_image))
+            mine = counts[next_image:next_image + text.count(self.image_token)]
+            labels = self._labels(row, ids, offsets, self._expanded_spans(text, spans, mine))
             if self.max_length is not None and len(ids) > self.max_length:
                 ids, labels = self._truncate(row, ids, labels)
                 if all(label == IGNORE_INDEX for label in labels):
@@ -242,7 +246,6 @@ class LlavaDataCollator:
             sample = {"input_ids": ids, "labels": labels, "id": row["id"]}
             if images[i] is not None:
                 sample["pixel_values"] = np.asarray(pixel_values[next_image])
-                sample["image_key"] = str(row["image"])
                 next_image += 1
             samples.append(sample)
         return samples
@@ -289,9 +292,25 @@ class LlavaDataCollator:
         pixels = [s["pixel_values"] for s in samples if "pixel_values" in s]
         if pixels:
             out["pixel_values"] = torch.from_numpy(np.stack(pixels)).float()  # (num_images, 3, H, W)
-            if self.return_image_keys:
-                out["image_keys"] = [s["image_key"] for s in samples if "pixel_values" in s]
         return out
+
+
+def _aspect_ratio_kwargs(processor, image_aspect_ratio: Optional[str]) -> dict:
+    """The image kwargs that make `processor` pad (`"pad"`) or not (`"square"`); {} for its own setting."""
+    if image_aspect_ratio is None:
+        return {}
+    if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+        raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected one of {IMAGE_ASPECT_RATIOS}.")
+    image_processor = getattr(processor, "image_processor", None)
+    can_pad = hasattr(image_processor, "pad_to_square")  # LlavaImageProcessor's pad-to-square with the mean colour
+    if image_aspect_ratio == "pad" and not can_pad:
+        raise ValueError(
+            f"image_aspect_ratio='pad': the processor's {type(image_processor).__name__} cannot pad images to a "
+            "square; pass image_aspect_ratio='square', or use a LlavaImageProcessor (what "
+            "hf_llava.from_vision_and_text builds by default)."
+        )
+    # "square" on an image processor that cannot pad: its own resize + centre crop already is "square".
+    return {"do_pad": image_aspect_ratio == "pad"} if can_pad else {}
 
 
 def data_summary(skipped: list, fully_truncated: int) -> str:

@@ -123,9 +123,11 @@ class LlavaConfig(PretrainedConfig):
                 f"{self.vision_config.patch_size}, strategy {vision_feature_select_strategy!r}); omit it or fix it."
             )
         self.image_seq_length = expected
-        # The LM's special tokens at the top level too: that is where `Trainer` and `generate` look, and a
-        # None there makes Trainer "realign" them with a warning on every run.
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        # The LM's special tokens and embedding tying at the top level too: that is where `Trainer`,
+        # `generate` and PEFT look (a None token makes Trainer "realign" them with a warning on every run;
+        # the default `tie_word_embeddings=True` makes PEFT "find" an untied LM untied by a LoRA merge).
+        # transformers itself ties by the text config.
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"):
             if kwargs.get(name) is None:
                 kwargs[name] = getattr(self.text_config, name, None)
         super().__init__(**kwargs)

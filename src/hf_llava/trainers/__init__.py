@@ -1,9 +1,29 @@
-"""LLaVA's two training stages on TRL: configs with the recipe's defaults, trainers, freezing, LoRA, projector files."""
+"""LLaVA's two training stages on TRL: configs with the recipe's defaults, trainers, freezing, LoRA, projector files.
 
-from .configs import LlavaStage1Config, LlavaStage2Config
-from .freezing import check_lora_placement, lm_lora_config, merge_lora, set_trainable, stage_parts
-from .projector import PROJECTOR_FILE, load_projector, load_stage1_output, save_projector
-from .stage_trainers import LlavaStage1Trainer, LlavaStage2Trainer
+The names are imported on first use: importing the package (or `hf_llava.trainers.cli`) imports neither
+torch nor TRL.
+"""
+
+from .._lazy import lazy_names
+
+__getattr__, __dir__ = lazy_names(__name__, {
+    "LlavaStage1Config": ".configs",
+    "LlavaStage1Trainer": ".stage_trainers",
+    "LlavaStage2Config": ".configs",
+    "LlavaStage2Trainer": ".stage_trainers",
+    "PROJECTOR_FILE": ".projector",
+    "check_lora_placement": ".freezing",
+    "check_training_output": ".outputs",
+    "lm_lora_config": ".freezing",
+    "load_model_with_projector": ".projector",
+    "load_projector": ".projector",
+    "merge_lora": ".freezing",
+    "save_projector": ".projector",
+    "set_trainable": ".freezing",
+    "split_param_groups": ".freezing",
+    "stage_parts": ".freezing",
+    "training_output": ".outputs",
+})
 
 __all__ = [
     "LlavaStage1Config",
@@ -12,11 +32,14 @@ __all__ = [
     "LlavaStage2Trainer",
     "PROJECTOR_FILE",
     "check_lora_placement",
+    "check_training_output",
     "lm_lora_config",
+    "load_model_with_projector",
     "load_projector",
-    "load_stage1_output",
     "merge_lora",
     "save_projector",
     "set_trainable",
+    "split_param_groups",
     "stage_parts",
+    "training_output",
 ]

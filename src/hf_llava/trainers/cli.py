@@ -1,104 +1,149 @@
-"""`hf-llava train stage1|stage2`: argument parsing for the two training stages; the work is the library's."""
+"""`hf-llava train stage1|stage2`: argument parsing for the two training stages; the work is the library's.
+
+Order of a run: the output folder is checked, the data validated, then the model loads (slow) and trains,
+so a bad input costs seconds and writes nothing. Importing this module imports neither torch nor TRL.
+"""
 
 import argparse
 import logging
 import os
 
+from ..data.llava_json import BAD_IMAGE_POLICIES, IMAGE_ASPECT_RATIOS, IMAGE_POSITIONS
+from .recipe import IMAGE_POSITION, LORA, STAGE1, STAGE2
+
 logger = logging.getLogger(__name__)
 
 
 def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
-    parser.add_argument("--model", required=True, help="model folder (stage 2: a stage-1 output, or a base model with --projector)")
+    recipe = STAGE1 if stage == 1 else STAGE2
+    lrs = f"{recipe['learning_rate']}" + ("" if stage == 1 else f", {LORA['learning_rate']} with --lora")
+    parser.add_argument("--model", required=True,
+                        help="model folder (stage 2: a stage-1 output, or a base model with --projector)")
+    parser.add_argument("--merge-adapter", action="store_true",
+                        help="--model is a LoRA adapter folder: load its base model and merge the adapter first")
     parser.add_argument("--data", required=True, help="LLaVA .json / .jsonl conversations")
-    parser.add_argument("--images", default=None, help="folder the samples' `image` paths are relative to")
+    parser.add_argument("--images", dest="image_folder", metavar="DIR", default=None,
+                        help="folder the samples' `image` paths resolve against (default: the working directory)")
     parser.add_argument("--output", required=True, help="output folder (checkpoints, final model, processor)")
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train into a non-empty --output anyway (same-named files are replaced, others kept)")
+    parser.add_argument("--resume", default=None,
+                        help="continue from a checkpoint folder, or 'last' (the newest checkpoint-N in --output)")
+    parser.add_argument("--epochs", type=float, default=1.0, help="training epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="per-device batch size")
     parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
-    parser.add_argument("--projector-lr", type=float, default=None)
-    parser.add_argument("--max-steps", type=int, default=-1)
-    parser.add_argument("--max-length", type=int, default=2048)
-    parser.add_argument("--save-steps", type=int, default=500)
-    parser.add_argument("--logging-steps", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--template", default=None, help="chat template (default: plain for stage 1, vicuna_v1 for 2)")
-    parser.add_argument("--image-position", default="random", choices=["random", "before", "keep"])
-    parser.add_argument("--bad-image-policy", default="error", choices=["error", "skip"])
-    parser.add_argument("--resume", default=None, help="checkpoint folder to resume from, or 'last'")
-    parser.add_argument("--gradient-checkpointing", action="store_true")
-    if stage == 1:
-        parser.add_argument("--cache-image-features", action="store_true", help="reuse tower features across epochs")
-    else:
-        parser.add_argument("--projector", default=None, help="mm_projector.safetensors to load into --model")
-        parser.add_argument("--lora", action="store_true", help="LoRA on the language model (r 128, alpha 256)")
-        parser.add_argument("--lora-r", type=int, default=128)
-        parser.add_argument("--lora-alpha", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default: the recipe's, {lrs})")
+    parser.add_argument("--projector-lr", type=float, default=None,
+                        help=f"the projector's learning rate (default: --lr; with --lora {LORA['projector_lr']})")
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: --epochs decides)")
+    parser.add_argument("--max-length", type=int, default=2048, help="token budget per sample (text is truncated)")
+    parser.add_argument("--save-steps", type=int, default=500, help="write a checkpoint every this many steps")
+    parser.add_argument("--logging-steps", type=int, default=10, help="log loss and learning rates every N steps")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (also of --image-position random)")
+    parser.add_argument("--template", default=recipe["template"], help="chat template (a CHAT_TEMPLATES name)")
+    parser.add_argument("--image-position", default=IMAGE_POSITION, choices=IMAGE_POSITIONS,
+                        help="the image in the first turn: before the question (LLaVA-1.5's code), random "
+                             "(the paper), keep (where the JSON puts <image>)")
+    parser.add_argument("--image-aspect-ratio", default=recipe["image_aspect_ratio"], choices=IMAGE_ASPECT_RATIOS,
+                        help="square: resize + centre crop (recipe, stage 1); pad: pad to a square with the mean "
+                             "colour first (recipe, stage 2)")
+    parser.add_argument("--bad-image-policy", default="error", choices=BAD_IMAGE_POLICIES,
+                        help="an unreadable or missing image: stop (error) or drop the sample and count it (skip)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass to save memory")
+    if stage == 2:
+        parser.add_argument("--projector", default=None,
+                            help="mm_projector.safetensors (or its folder) to load into --model")
+        parser.add_argument("--lora", action="store_true",
+                            help=f"LoRA on the language model (lr {LORA['learning_rate']}, projector lr "
+                                 f"{LORA['projector_lr']})")
+        parser.add_argument("--lora-r", type=int, default=LORA["r"], help="LoRA rank")
+        parser.add_argument("--lora-alpha", type=int, default=LORA["lora_alpha"], help="LoRA alpha (scale alpha / r)")
         parser.add_argument("--merge-lora", action="store_true", help="also write the merged model to OUTPUT/merged")
-        parser.add_argument("--tune-vision-tower", action="store_true")
-        parser.add_argument("--freeze-llm", action="store_true")
+        parser.add_argument("--tune-vision-tower", action="store_true", help="also train the vision tower")
+        parser.add_argument("--freeze-llm", action="store_true", help="keep the language model frozen")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds `stage1` and `stage2` sub-commands to the `train` parser."""
+    from ..cli import add_parser
+
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    _add_common(sub.add_parser("stage1", help="feature alignment: train the projector (template plain)"), 1)
-    _add_common(sub.add_parser("stage2", help="instruction tuning: projector + LLM or LoRA (template vicuna_v1)"), 2)
+    _add_common(add_parser(sub, "stage1", "feature alignment: train the projector (template plain)"), 1)
+    _add_common(add_parser(sub, "stage2", "instruction tuning: projector + LLM or LoRA (template vicuna_v1)"), 2)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Builds the config, model, processor, dataset and trainer for `args.stage`, trains and saves."""
-    from transformers import AutoProcessor
+def _config(args: argparse.Namespace):
+    """The stage's config from the flags (the recipe's values where a flag is not given)."""
+    from . import LlavaStage1Config, LlavaStage2Config
 
-    from ..data import load_llava_dataset
-    from . import (LlavaStage1Config, LlavaStage1Trainer, LlavaStage2Config, LlavaStage2Trainer, lm_lora_config,
-                   load_stage1_output, merge_lora)
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stage1 = args.stage == "stage1"
-    config_class = LlavaStage1Config if stage1 else LlavaStage2Config
     kwargs = dict(
         output_dir=args.output, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, max_steps=args.max_steps, max_length=args.max_length,
-        save_steps=args.save_steps, logging_steps=args.logging_steps, seed=args.seed, image_position=args.image_position,
+        save_steps=args.save_steps, logging_steps=args.logging_steps, seed=args.seed,
+        image_position=args.image_position, image_aspect_ratio=args.image_aspect_ratio,
         bad_image_policy=args.bad_image_policy, projector_lr=args.projector_lr,
-        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing=args.gradient_checkpointing, template=args.template,
     )
     if args.gradient_checkpointing:
         kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if args.lr is not None:
         kwargs["learning_rate"] = args.lr
     elif not stage1 and args.lora:
-        kwargs["learning_rate"] = 2e-4  # the recipe's LoRA learning rates
-        kwargs["projector_lr"] = args.projector_lr or 2e-5
-    if args.template is not None:
-        kwargs["template"] = args.template
+        kwargs["learning_rate"] = LORA["learning_rate"]
+        kwargs["projector_lr"] = args.projector_lr or LORA["projector_lr"]
     if stage1:
-        kwargs["cache_image_features"] = args.cache_image_features
-    else:
-        kwargs.update(tune_vision_tower=args.tune_vision_tower, freeze_llm=args.freeze_llm)
-    config = config_class(**kwargs)
+        return LlavaStage1Config(**kwargs)
+    return LlavaStage2Config(tune_vision_tower=args.tune_vision_tower, freeze_llm=args.freeze_llm, **kwargs)
 
-    if stage1 or args.projector is None:
-        model = load_stage1_output(args.model)
-    else:
-        model = load_stage1_output(args.projector, base_model=args.model)
-    processor = AutoProcessor.from_pretrained(args.model)
-    dataset = load_llava_dataset(args.data, image_folder=args.images, bad_image_policy=args.bad_image_policy)
-    peft_config = None
-    if not stage1 and args.lora:
-        peft_config = lm_lora_config(r=args.lora_r, lora_alpha=args.lora_alpha)
-    trainer_class = LlavaStage1Trainer if stage1 else LlavaStage2Trainer
-    trainer = trainer_class(model=model, args=config, train_dataset=dataset, processing_class=processor,
-                            **({} if stage1 else {"peft_config": peft_config}))
-    resume = args.resume
-    if resume == "last":
-        resume = True
-    trainer.train(resume_from_checkpoint=resume)
-    if not stage1 and args.lora and args.merge_lora:
-        merged_dir = os.path.join(args.output, "merged")
-        merge_lora(trainer.model, merged_dir, processor)
-        logger.info("Merged model written to %s", merged_dir)
+
+def _processor_folder(model: str) -> str:
+    """Where the processor of `--model` is: the folder, or an adapter's base model (AutoProcessor needs a
+    config.json to find the processor class, and an adapter folder has none)."""
+    from .._loading import is_adapter, resolve_adapter_base
+
+    return resolve_adapter_base(model) if is_adapter(model) else model
+
+
+def run(args: argparse.Namespace) -> int:
+    """Checks the output folder and the data, then loads the model, trains and saves (see the module's order)."""
+    from .._loading import is_adapter
+    from .outputs import check_training_output, training_output
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    stage1 = args.stage == "stage1"
+    lora = not stage1 and args.lora
+    resume = check_training_output(args.output, overwrite=args.overwrite, resume=args.resume)
+    if lora and is_adapter(args.model):
+        raise ValueError(f"model={args.model!r} is a LoRA adapter: a new adapter needs its base model as a folder; "
+                         "pass the merged model (merge_lora=True writes OUTPUT/merged) or train without lora=True.")
+
+    from ..data import load_llava_dataset
+
+    dataset = load_llava_dataset(args.data, image_folder=args.image_folder, bad_image_policy=args.bad_image_policy,
+                                 source=f"--data {args.data}")
+    config = _config(args)
+
+    from transformers import AutoProcessor
+
+    from . import LlavaStage1Trainer, LlavaStage2Trainer, lm_lora_config, load_model_with_projector, merge_lora
+
+    with training_output(args.output):
+        model = load_model_with_projector(args.model, None if stage1 else args.projector,
+                                          merge_adapter=args.merge_adapter)
+        processor = AutoProcessor.from_pretrained(_processor_folder(args.model))
+        common = dict(model=model, args=config, train_dataset=dataset, processing_class=processor)
+        if stage1:
+            trainer = LlavaStage1Trainer(**common)
+        else:
+            peft_config = lm_lora_config(r=args.lora_r, lora_alpha=args.lora_alpha) if lora else None
+            trainer = LlavaStage2Trainer(peft_config=peft_config, **common)
+        trainer.train(resume_from_checkpoint=resume)
+        if lora and args.merge_lora:
+            merged_dir = os.path.join(args.output, "merged")
+            merge_lora(trainer.model, merged_dir, processor)
+            logger.info("Merged model written to %s", merged_dir)
     logger.info("Stage %s done: %s", args.stage[-1], args.output)
     trainer.accelerator.end_training()  # tears down the process group: a live one can abort the interpreter at exit
     return 0

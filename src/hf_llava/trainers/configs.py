@@ -1,7 +1,10 @@
 """`LlavaStage1Config` / `LlavaStage2Config`: TRL `SFTConfig`s with the LLaVA-1.5 recipe's defaults.
 
-Stage 1 (feature alignment): template `plain`, projector only, lr 1e-3, warmup 3%, cosine, no weight decay.
-Stage 2 (instruction tuning): template `vicuna_v1`, projector + LLM, lr 2e-5, same schedule.
+Stage 1 (feature alignment): template `plain`, projector only, lr 1e-3, warmup 3%, cosine, no weight decay,
+images resized and centre-cropped (`image_aspect_ratio="square"`).
+Stage 2 (instruction tuning): template `vicuna_v1`, projector + LLM, lr 2e-5, same schedule, images padded to
+a square with the mean colour (`image_aspect_ratio="pad"`).
+Both put `<image>\\n` before the first question (`image_position="before"`), as the 1.5 training code does.
 TRL's dataset preparation is skipped (our collator tokenizes, masks and loads images) and the dataset's
 columns are kept for the collator. The global batch sizes of the paper (256 / 128) are
 `per_device_train_batch_size x gradient_accumulation_steps x num_processes`: set them for your hardware.
@@ -13,10 +16,28 @@ from typing import Any, Optional, Union
 import torch
 from trl import SFTConfig
 
+from ..data.llava_json import BAD_IMAGE_POLICIES, IMAGE_ASPECT_RATIOS, IMAGE_POSITIONS
+from .recipe import IMAGE_POSITION, LORA, STAGE1, STAGE2
+
+# Optimizers that update inside backward or per layer: their parameter groups are not where the rates live.
+_NO_PARAM_GROUPS = ("lomo", "layerwise")
+
+
+def optim_has_param_groups(optim) -> bool:
+    """Whether `TrainingArguments.optim` names an optimizer whose parameter groups carry the learning rates."""
+    name = str(getattr(optim, "value", optim))
+    return not any(kind in name for kind in _NO_PARAM_GROUPS)
+
+
+def _accelerator_available() -> bool:
+    """What torch's DataLoader checks before pinning memory (it warns and does nothing without one)."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
 
 @dataclass
-class _LlavaConfigMixin(SFTConfig):
-    """Fields shared by both stages (on top of `SFTConfig`)."""
+class _LlavaStageConfig(SFTConfig):
+    """The base of both stages' configs: the fields they share, on top of `SFTConfig`."""
 
     warmup_ratio: float = field(default=0.03, metadata={"help": "Warmup fraction of the steps (recipe: 3%)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Recipe: cosine."})
@@ -28,45 +49,78 @@ class _LlavaConfigMixin(SFTConfig):
         metadata={"help": "Recompute activations to save memory; use gradient_checkpointing_kwargs={'use_reentrant': False}."},
     )
     bf16: Optional[bool] = field(default=None, metadata={"help": "bf16 mixed precision; default: on when CUDA has bf16."})
+    dataloader_pin_memory: Optional[bool] = field(
+        default=None, metadata={"help": "Pin batches in page-locked memory; default: on when an accelerator is present."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator reads the columns."})
     dataset_kwargs: Optional[Union[dict[str, Any], str]] = field(
         default_factory=lambda: {"skip_prepare_dataset": True},
         metadata={"help": "TRL's preparation is skipped; LlavaDataCollator tokenizes and builds the labels."},
     )
     report_to: Union[None, str, list[str]] = field(default="none", metadata={"help": "Loggers (wandb, tensorboard...)."})
-    template: str = field(default="vicuna_v1", metadata={"help": "A CHAT_TEMPLATES name."})
-    image_position: str = field(default="random", metadata={"help": "random (paper), before, keep."})
+    template: str = field(default=STAGE2["template"], metadata={"help": "A CHAT_TEMPLATES name."})
+    image_position: str = field(
+        default=IMAGE_POSITION,
+        metadata={"help": "Where the image goes in the first turn: before (LLaVA-1.5's code: '<image>\\n' first, "
+                          "whatever the JSON says), random (the paper: before or after the question, seeded per "
+                          "sample), keep (where the JSON puts '<image>')."},
+    )
+    image_aspect_ratio: str = field(
+        default=STAGE2["image_aspect_ratio"],
+        metadata={"help": "pad: pad to a square with the mean colour, then resize (LLaVA-1.5 stage 2; needs a "
+                          "LlavaImageProcessor); square: resize + centre crop, no pad (LLaVA-1.5 stage 1)."},
+    )
     truncation: str = field(default="text_only", metadata={"help": "text_only, or 'raise' to refuse cutting images."})
     bad_image_policy: str = field(default="error", metadata={"help": "error, or skip (counted, summary at the end)."})
-    projector_lr: Optional[float] = field(default=None, metadata={"help": "Learning rate of the projector."})
+    projector_lr: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate of the projector (its own parameter groups); default: learning_rate."},
+    )
     save_at_end: bool = field(default=True, metadata={"help": "save_model() (model, processor, projector) after train()."})
 
     def __post_init__(self):
+        for name, allowed in (("image_position", IMAGE_POSITIONS), ("image_aspect_ratio", IMAGE_ASPECT_RATIOS),
+                              ("bad_image_policy", BAD_IMAGE_POLICIES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}.")
+        if self.projector_lr is not None and not optim_has_param_groups(self.optim):
+            optim = str(getattr(self.optim, "value", self.optim))
+            raise ValueError(f"projector_lr with optim={optim!r}: that optimizer takes no per-group learning rates; "
+                             "leave projector_lr unset or choose another optimizer.")
         if self.bf16 is None:  # TRL turns bf16 on by default; on CPU that is slow and changes the numerics
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+        if self.dataloader_pin_memory is None:  # pinning without an accelerator only makes torch warn
+            self.dataloader_pin_memory = _accelerator_available() and not self.use_cpu
         if isinstance(self.truncation, str) and self.truncation.lower() in ("raise", "true"):
             self.truncation = True
         super().__post_init__()
 
 
 @dataclass
-class LlavaStage1Config(_LlavaConfigMixin):
+class LlavaStage1Config(_LlavaStageConfig):
     """Stage 1 (feature alignment): only the projector trains; saves `mm_projector.safetensors`."""
 
-    learning_rate: float = field(default=1e-3, metadata={"help": "Recipe: 1e-3."})
-    template: str = field(default="plain", metadata={"help": "Recipe: plain (image, caption, newline)."})
-    cache_image_features: bool = field(
-        default=False,
-        metadata={"help": "Compute the frozen tower's features once per image and reuse them on later epochs."},
+    learning_rate: float = field(default=STAGE1["learning_rate"], metadata={"help": "Recipe: 1e-3."})
+    template: str = field(default=STAGE1["template"], metadata={"help": "Recipe: plain (image, caption, newline)."})
+    image_aspect_ratio: str = field(
+        default=STAGE1["image_aspect_ratio"],
+        metadata={"help": "Recipe: square (resize + centre crop, no pad); pad is stage 2's."},
     )
 
 
 @dataclass
-class LlavaStage2Config(_LlavaConfigMixin):
+class LlavaStage2Config(_LlavaStageConfig):
     """Stage 2 (visual instruction tuning): projector + LLM train, the vision tower stays frozen."""
 
-    learning_rate: float = field(default=2e-5, metadata={"help": "Recipe: 2e-5 (LoRA: 2e-4 with projector_lr 2e-5)."})
-    template: str = field(default="vicuna_v1", metadata={"help": "Recipe: vicuna_v1."})
+    learning_rate: float = field(
+        default=STAGE2["learning_rate"],
+        metadata={"help": f"Recipe: 2e-5 (LoRA: {LORA['learning_rate']} with projector_lr {LORA['projector_lr']})."},
+    )
+    template: str = field(default=STAGE2["template"], metadata={"help": "Recipe: vicuna_v1."})
+    image_aspect_ratio: str = field(
+        default=STAGE2["image_aspect_ratio"],
+        metadata={"help": "Recipe: pad (to a square with the mean colour, then resize)."},
+    )
     tune_vision_tower: bool = field(default=False, metadata={"help": "Also train the vision tower."})
     freeze_llm: bool = field(default=False, metadata={"help": "Keep the LLM frozen (projector only, stage-2 data)."})
 

@@ -1,6 +1,6 @@
-"""Which parameters train in each stage, LoRA on the language model only, and merging LoRA back.
+"""Which parameters train in each stage, their optimizer groups, LoRA on the language model only, merging LoRA back.
 
-Parameter groups are told apart by name (they keep transformers' llava names, also under PEFT's wrapper):
+Parts are told apart by parameter name (they keep transformers' llava names, also under PEFT's wrapper):
 `vision_tower`, `multi_modal_projector`, everything else is the language model (`language_model`, `lm_head`).
 """
 
@@ -8,7 +8,12 @@ from typing import Iterable, Optional
 
 from torch import nn
 
+from .recipe import LORA
+
 LM_LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The name each part's optimizer groups carry (`group["name"]`, logged as `learning_rate/<name>`), in the
+# groups' order: the language model first, since `Trainer` logs the first group's rate as `learning_rate`.
+GROUP_NAMES = {"language": "language_model", "vision": "vision_tower", "projector": "projector"}
 
 
 def part_of(name: str) -> str:
@@ -49,8 +54,8 @@ def stage_parts(stage: int, tune_vision_tower: bool = False, freeze_llm: bool = 
 
 
 def lm_lora_config(
-    r: int = 128,
-    lora_alpha: int = 256,
+    r: int = LORA["r"],
+    lora_alpha: int = LORA["lora_alpha"],
     lora_dropout: float = 0.05,
     target_names: Iterable[str] = LM_LINEAR_NAMES,
     **kwargs,
@@ -85,6 +90,34 @@ def check_lora_placement(model: nn.Module) -> None:
         )
 
 
+def split_param_groups(optimizer, model: nn.Module, projector_lr: Optional[float] = None) -> bool:
+    """Split `optimizer`'s parameter groups by part, name them (`GROUP_NAMES`), set the projector's rate.
+
+    Each group is copied per part with its other settings (weight decay, an optimizer's own keys) kept,
+    so whatever `Trainer.create_optimizer` built (decay groups, GaLore groups, 8-bit optimizers) stays as
+    it was apart from the split. Call it on a fresh optimizer (no state yet). Returns False, changing
+    nothing, when the groups do not hold the model's trainable parameters (a layer-wise wrapper).
+    """
+    part_by_id = {id(p): part_of(name) for name, p in model.named_parameters()}
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if not grouped or any(id(p) not in part_by_id for p in grouped) or not trainable <= {id(p) for p in grouped}:
+        return False
+    groups = []
+    for group in optimizer.param_groups:
+        for part, name in GROUP_NAMES.items():
+            params = [p for p in group["params"] if part_by_id[id(p)] == part]
+            if params:
+                new = {**group, "params": params, "name": name}
+                if part == "projector" and projector_lr is not None:
+                    new["lr"] = projector_lr
+                    new.pop("initial_lr", None)  # a scheduler made later takes it from "lr"
+                groups.append(new)
+    order = list(GROUP_NAMES.values())
+    optimizer.param_groups[:] = sorted(groups, key=lambda g: order.index(g["name"]))  # sort is stable
+    return True
+
+
 def merge_lora(model: nn.Module, save_directory: Optional[str] = None, processor=None) -> nn.Module:
     """Fold LoRA into the weights (`merge_and_unload`) and return the plain LLaVA model, optionally saved."""
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
@@ -96,6 +129,6 @@ def merge_lora(model: nn.Module, save_directory: Optional[str] = None, processor
 
 
 __all__ = [
-    "LM_LINEAR_NAMES", "check_lora_placement", "ensure_projector_saved", "lm_lora_config", "merge_lora", "part_of",
-    "set_trainable", "stage_parts",
+    "GROUP_NAMES", "LM_LINEAR_NAMES", "check_lora_placement", "ensure_projector_saved", "lm_lora_config", "merge_lora",
+    "part_of", "set_trainable", "split_param_groups", "stage_parts",
 ]

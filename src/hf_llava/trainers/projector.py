@@ -33,12 +33,17 @@ def save_projector(state_dict: dict, path: str) -> str:
     return path
 
 
+def _projector_file(path: str) -> str:
+    """`path` itself, or the projector file inside the folder `path`; raises when there is none."""
+    file = os.path.join(path, PROJECTOR_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file}: no projector file; stage 1 writes {PROJECTOR_FILE} in its output folder.")
+    return file
+
+
 def load_projector(model, path: str) -> None:
     """Load `mm_projector.safetensors` (a file or a folder holding it) into `model`'s projector, checking every key."""
-    if os.path.isdir(path):
-        path = os.path.join(path, PROJECTOR_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no projector file; stage 1 writes {PROJECTOR_FILE} in its output folder.")
+    path = _projector_file(path)
     tensors = load_file(path)
     projector = model.model.multi_modal_projector
     own = {k[len(_PREFIX):]: v for k, v in tensors.items() if k.startswith(_PREFIX)}
@@ -50,18 +55,22 @@ def load_projector(model, path: str) -> None:
         )
 
 
-def load_stage1_output(path: str, base_model: Optional[str] = None, **from_pretrained_kwargs):
-    """The model stage 2 starts from: a full stage-1 folder, or `base_model` + a projector file or folder."""
-    from ..modeling import LlavaForConditionalGeneration
+def load_model_with_projector(model_path: str, projector: Optional[str] = None, *, merge_adapter: bool = False,
+                              **from_pretrained_kwargs):
+    """Where stage 2 starts: the model folder `model_path` (a stage-1 output, or a base model), with
+    `projector` (an `mm_projector.safetensors` file, or a folder holding one) loaded into it when given.
 
-    has_config = os.path.isfile(os.path.join(path, "config.json"))
-    if base_model is None:
-        if not has_config:
-            raise ValueError(f"{path}: not a model folder (no config.json); pass base_model= with a projector file.")
-        return LlavaForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
-    model = LlavaForConditionalGeneration.from_pretrained(base_model, **from_pretrained_kwargs)
-    load_projector(model, path)
+    The folder loads through `hf_llava._loading.load_llava_model` (errors that name the problem; a LoRA
+    adapter folder needs `merge_adapter=True`). The projector file is checked before the model loads.
+    """
+    from .._loading import load_llava_model
+
+    if projector is not None:
+        _projector_file(projector)
+    model = load_llava_model(model_path, merge_adapter=merge_adapter, **from_pretrained_kwargs)
+    if projector is not None:
+        load_projector(model, projector)
     return model
 
 
-__all__ = ["PROJECTOR_FILE", "load_projector", "load_stage1_output", "projector_state_dict", "save_projector"]
+__all__ = ["PROJECTOR_FILE", "load_model_with_projector", "load_projector", "projector_state_dict", "save_projector"]

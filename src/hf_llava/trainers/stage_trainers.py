@@ -1,26 +1,24 @@
 """`LlavaStage1Trainer` and `LlavaStage2Trainer`: TRL `SFTTrainer`s for LLaVA's two training stages.
 
 Each overrides the smallest hooks: freezing happens before `SFTTrainer.__init__` (the optimizer only takes
-trainable parameters), `create_optimizer` adds a projector learning rate, `_save` writes the projector alone
-beside the full (resumable) checkpoint in stage 1, `compute_loss` feeds the optional stage-1 feature cache
-and collects the batches' data reports (skipped images), summarised across processes at the end of `train`.
-Logging, checkpoints, resume, accelerate / DeepSpeed / FSDP stay `Trainer`'s.
+trainable parameters), `create_optimizer` splits `Trainer`'s groups by part (projector learning rate),
+`log` adds each group's learning rate under its name, `_save` writes the projector alone beside the full
+(resumable) checkpoint in stage 1, `compute_loss` collects the batches' data reports (skipped images),
+summarised across processes at the end of `train`. Logging, checkpoints, resume, accelerate / DeepSpeed /
+FSDP stay `Trainer`'s. A LoRA adapter records its base model as an absolute path, so it loads from anywhere.
 """
 
 import logging
 import os
-from types import SimpleNamespace
 from typing import Optional
 
-import torch
 from accelerate.utils import gather_object
 from trl import SFTTrainer
 
-from ..data import LlavaDataCollator
-from ..data.collator import data_summary
-from .configs import LlavaStage1Config, LlavaStage2Config
-from .freezing import check_lora_placement, ensure_projector_saved, part_of, set_trainable, stage_parts
-from .projector import save_projector
+from ..data.collator import LlavaDataCollator, data_summary
+from .configs import LlavaStage1Config, LlavaStage2Config, optim_has_param_groups
+from .freezing import check_lora_placement, ensure_projector_saved, set_trainable, split_param_groups, stage_parts
+from .projector import PROJECTOR_FILE, save_projector
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +49,19 @@ class _LlavaTrainer(SFTTrainer):
             data_collator = LlavaDataCollator(
                 processing_class, template=args.template, max_length=args.max_length, truncation=args.truncation,
                 image_position=args.image_position, seed=args.seed, bad_image_policy=args.bad_image_policy,
-                return_image_keys=getattr(args, "cache_image_features", False), report_in_batch=True,
+                image_aspect_ratio=args.image_aspect_ratio, report_in_batch=True,
             )
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, peft_config=peft_config,
                          **kwargs)
         if peft_config is not None:
             check_lora_placement(self.model)
+            self._record_adapter_base()
         self._data_skipped: list = []  # from the batches' `data_report`: counted wherever the collator ran
         self._data_truncated = 0
+        self._group_rates: dict[str, float] = {}  # each named optimizer group's rate at the last step
+        self._optimizer_given = self.optimizer is not None
+        self._groups_split = False
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         report = inputs.pop("data_report", None)
@@ -75,26 +77,52 @@ class _LlavaTrainer(SFTTrainer):
             skipped, truncated = [s for part in parts for s in part[0]], sum(part[1] for part in parts)
         return data_summary(skipped, truncated)
 
+    def _record_adapter_base(self) -> None:
+        """Make the adapter's `base_model_name_or_path` absolute when it names a local folder.
+
+        PEFT records the path the model was loaded from as typed ("out1"): relative to the directory
+        the run started in, and read as a Hub id from anywhere else.
+        """
+        for config in getattr(self.model, "peft_config", {}).values():
+            base = config.base_model_name_or_path
+            if base and not os.path.isabs(base) and os.path.isdir(base):
+                config.base_model_name_or_path = os.path.abspath(base)
+            if base:
+                logger.info("adapter base model: %s", config.base_model_name_or_path)
+
     def create_optimizer(self):
-        """`Trainer`'s optimizer, with the projector in its own groups at `args.projector_lr` when set."""
-        if self.args.projector_lr is None or self.optimizer is not None:
-            return super().create_optimizer()
-        decay = set(self.get_decay_parameter_names(self.model))
-        groups: dict[tuple, list] = {}
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                groups.setdefault((part_of(name) == "projector", name in decay), []).append(param)
-        param_groups = [
-            {"params": params, "weight_decay": self.args.weight_decay if is_decay else 0.0,
-             **({"lr": self.args.projector_lr} if is_projector else {})}
-            for (is_projector, is_decay), params in groups.items()
-        ]
-        if self.optimizer_cls_and_kwargs is not None:  # `Trainer(optimizer_cls_and_kwargs=...)` wins, as in Trainer
-            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
-        else:
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
-        return self.optimizer
+        """`Trainer.create_optimizer`, then its groups split by part and named (`learning_rate/<name>` in the
+        logs), the projector's at `args.projector_lr` when set."""
+        optimizer = super().create_optimizer()
+        if self._groups_split:  # called again (another `train()`): already done
+            return optimizer
+        self._groups_split = True
+        if self._optimizer_given:  # `optimizers=(optimizer, ...)`: the caller's groups are left as they are
+            if self.args.projector_lr is not None:
+                logger.warning("projector_lr is ignored: the optimizer was given to the trainer ready-made.")
+            return optimizer
+        if not optim_has_param_groups(self.args.optim):  # LOMO, layer-wise: their own rates (the config refuses
+            return optimizer                              # projector_lr with them)
+        if not split_param_groups(optimizer, self.model, self.args.projector_lr) and self.args.projector_lr is not None:
+            raise ValueError(f"projector_lr={self.args.projector_lr}: the optimizer's parameter groups do not hold "
+                             "the model's parameters, so the projector cannot get its own rate.")
+        return optimizer
+
+    def _get_learning_rate(self):
+        """`Trainer`'s rate for its `learning_rate` log (the first group's); each named group's rate is
+        taken at the same moment (after the optimizer step, before the scheduler's) for `log`."""
+        self._group_rates = {}
+        for group in self.optimizer.param_groups if self.optimizer is not None else []:
+            if "name" in group:
+                rate = group["lr"]
+                self._group_rates.setdefault(group["name"], rate.item() if hasattr(rate, "item") else rate)
+        return super()._get_learning_rate()
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        """`Trainer.log`, with each named parameter group's rate as `learning_rate/<name>`."""
+        if "learning_rate" in logs:
+            logs.update({f"learning_rate/{name}": rate for name, rate in self._group_rates.items()})
+        super().log(logs, *args, **kwargs)
 
     def train(self, *args, **kwargs):
         """`Trainer.train`, then a summary of skipped samples and (with `save_at_end`) `save_model()`."""
@@ -114,33 +142,17 @@ class _LlavaTrainer(SFTTrainer):
 
 
 class LlavaStage1Trainer(_LlavaTrainer):
-    """Stage 1 (feature alignment): trains the projector only; `save_model` also writes `mm_projector.safetensors`.
-
-    With `args.cache_image_features`, the frozen tower's features are computed once per image (keyed by the
-    image path) and kept in CPU memory for later epochs.
-    """
+    """Stage 1 (feature alignment): trains the projector only; `save_model` also writes `mm_projector.safetensors`."""
 
     stage = 1
     config_class = LlavaStage1Config
-
-    def __init__(self, model, args: Optional[LlavaStage1Config] = None, **kwargs):
-        super().__init__(model, args, **kwargs)
-        self.feature_cache = _TowerFeatureCache(self.accelerator.unwrap_model(self.model))
-        self._cache_keys = None
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        keys = inputs.pop("image_keys", None)
-        if not self.args.cache_image_features or not model.training:
-            return super().compute_loss(model, inputs, *args, **kwargs)
-        with self.feature_cache.using(keys):
-            return super().compute_loss(model, inputs, *args, **kwargs)
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None):
         super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if state_dict is None:
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
-        save_projector(state_dict, os.path.join(output_dir, "mm_projector.safetensors"))
+        save_projector(state_dict, os.path.join(output_dir, PROJECTOR_FILE))
 
 
 class LlavaStage2Trainer(_LlavaTrainer):
@@ -148,61 +160,6 @@ class LlavaStage2Trainer(_LlavaTrainer):
 
     stage = 2
     config_class = LlavaStage2Config
-
-    def __init__(self, model, args: Optional[LlavaStage2Config] = None, **kwargs):
-        super().__init__(model, args, **kwargs)
-
-
-class _TowerFeatureCache:
-    """Caches the frozen vision tower's selected hidden states per image key, on CPU.
-
-    It stands in for the tower's `forward` (an instance attribute, so parameter names and checkpoints are
-    unchanged) while `using(keys)` is active: cached images skip the tower, the others run it once.
-    """
-
-    def __init__(self, model):
-        self.tower = model.model.vision_tower if hasattr(model, "model") else model.vision_tower
-        config = model.config
-        layers = config.vision_feature_layer
-        self.num_states = config.vision_config.num_hidden_layers + 1
-        self.layers = sorted({i % self.num_states for i in ([layers] if isinstance(layers, int) else layers)})
-        self.store: dict[str, tuple] = {}
-        self.hits = self.misses = 0
-        self._keys = None
-
-    def using(self, keys):
-        cache = self
-
-        class _Ctx:
-            def __enter__(self_inner):
-                cache._keys = keys
-                cache.tower.forward = cache._forward
-                cache._original = type(cache.tower).forward.__get__(cache.tower)
-
-            def __exit__(self_inner, *exc):
-                cache._keys = None
-                del cache.tower.forward
-
-        return _Ctx()
-
-    def _forward(self, pixel_values: torch.Tensor, *args, **kwargs):
-        keys = self._keys
-        tower_trains = any(p.requires_grad for p in self.tower.parameters())
-        if keys is None or len(keys) != pixel_values.shape[0] or tower_trains:
-            return self._original(pixel_values, *args, **kwargs)
-        missing = [i for i, key in enumerate(keys) if key not in self.store]
-        self.hits += len(keys) - len(missing)
-        self.misses += len(missing)
-        if missing:
-            with torch.no_grad():
-                out = self._original(pixel_values[missing], *args, **{**kwargs, "output_hidden_states": True})
-            for j, i in enumerate(missing):
-                self.store[keys[i]] = tuple(out.hidden_states[layer][j].detach().cpu() for layer in self.layers)
-        states = [None] * self.num_states
-        for li, layer in enumerate(self.layers):
-            # (num_images, tokens, vision_hidden)
-            states[layer] = torch.stack([self.store[k][li] for k in keys]).to(pixel_values.device)
-        return SimpleNamespace(hidden_states=tuple(states), last_hidden_state=None)
 
 
 __all__ = ["LlavaStage1Trainer", "LlavaStage2Trainer"]

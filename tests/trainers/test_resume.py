@@ -1,4 +1,4 @@
-"""Resume equality, the stage-1 feature cache, the bad-image policy in training, the CLI, accelerate launch."""
+"""Resume equality, the bad-image policy during training, two processes under accelerate launch."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_llava import LlavaForConditionalGeneration, cli
+from hf_llava import LlavaForConditionalGeneration
 from hf_llava.data import load_llava_dataset
 from hf_llava.trainers import LlavaStage1Config, LlavaStage1Trainer
 
@@ -60,18 +60,6 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, tiny_config,
         assert torch.allclose(_projector(resumed)[name], value, rtol=0, atol=1e-7), name
 
 
-def test_feature_cache_reuses_features_and_matches(tmp_path, tiny_config, tiny_processor, caption_data):
-    common = dict(max_steps=-1, num_train_epochs=2, warmup_ratio=0.0)
-    plain = _fresh(tiny_config)
-    _stage1(plain, tiny_processor, caption_data, tmp_path, "plain", **common).train()
-    cached = _fresh(tiny_config)
-    trainer = _stage1(cached, tiny_processor, caption_data, tmp_path, "cached", cache_image_features=True, **common)
-    trainer.train()
-    assert trainer.feature_cache.misses == 8 and trainer.feature_cache.hits == 8  # epoch 2 skips the tower
-    for name, value in _projector(plain).items():
-        assert torch.allclose(_projector(cached)[name], value, atol=1e-6), name
-
-
 @pytest.mark.parametrize("workers", [0, 1])
 def test_bad_image_skip_policy_during_training(tmp_path, tiny_model, tiny_processor, caplog, workers):
     path, folder = write_caption_data(tmp_path)
@@ -85,22 +73,6 @@ def test_bad_image_skip_policy_during_training(tmp_path, tiny_model, tiny_proces
     # counted from the batches, so also when the collator ran in a dataloader worker process
     assert [s[0] for s in trainer._data_skipped] == ["c3"]
     assert "skipped 1 sample(s) with unreadable images" in caplog.text and "3.png" in caplog.text
-
-
-def test_cli_stage1_then_stage2_lora(tmp_path, saved_llava):
-    path, folder = write_caption_data(tmp_path)
-    out1, out2 = tmp_path / "out1", tmp_path / "out2"
-    common = ["--data", str(path), "--images", str(folder), "--max-steps", "2", "--batch-size", "4",
-              "--logging-steps", "1"]
-    assert cli.main(["train", "stage1", "--model", str(saved_llava), "--output", str(out1), *common]) == 0
-    assert (out1 / "mm_projector.safetensors").is_file() and (out1 / "config.json").is_file()
-    assert cli.main(["train", "stage2", "--model", str(out1), "--output", str(out2), "--lora", "--lora-r", "4",
-                     "--lora-alpha", "8", "--merge-lora", *common]) == 0
-    assert (out2 / "adapter_model.safetensors").is_file()
-    merged = LlavaForConditionalGeneration.from_pretrained(out2 / "merged")
-    stage1 = LlavaForConditionalGeneration.from_pretrained(out1)
-    assert torch.equal(merged.model.vision_tower.state_dict()["vision_model.embeddings.patch_embedding.weight"],
-                       stage1.model.vision_tower.state_dict()["vision_model.embeddings.patch_embedding.weight"])
 
 
 _SCRIPT = """
