@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 
 import hf_llava  # noqa: E402,F401  (registers the Auto classes)
 from hf_llava import tiny  # noqa: E402
@@ -51,3 +52,24 @@ def saved_llava(tmp_path, tiny_model, tiny_processor):
 def images():
     """Two synthetic pictures of different sizes and aspect ratios."""
     return [tiny.demo_image(64, seed=0), tiny.demo_image(40, seed=1).rotate(90, expand=True)]
+
+
+@pytest.fixture()
+def pretrained_parts(tmp_path):
+    """A CLIP checkpoint (full CLIPModel) and a Llama causal-LM checkpoint with its tokenizer, on disk."""
+    torch.manual_seed(0)
+    clip = transformers.CLIPModel(transformers.CLIPConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "vocab_size": 99},
+        projection_dim=16))
+    clip.save_pretrained(tmp_path / "clip")
+    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    image_processor.save_pretrained(tmp_path / "clip")
+    tokenizer = tiny.build_tokenizer(llava_tokens=False)  # like Llama's: no <image>, no pad token
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    return tmp_path / "clip", tmp_path / "llama", clip, llama

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import huggingface_hub
-import pytest
 import torch
 from transformers import (
     AutoConfig,
@@ -15,11 +14,6 @@ from transformers import (
     AutoModelForVision2Seq,
     AutoProcessor,
     AutoTokenizer,
-    CLIPConfig,
-    CLIPModel,
-    CLIPImageProcessor,
-    LlamaConfig,
-    LlamaForCausalLM,
     pipeline,
 )
 
@@ -123,27 +117,6 @@ def test_push_to_hub_writes_a_model_card_and_loads_offline_from_the_cache(
     processor = AutoProcessor.from_pretrained("someone/tiny-llava", cache_dir=cache)
     assert type(model) is LlavaForConditionalGeneration and type(processor) is LlavaProcessor
     assert torch.equal(model.lm_head.weight, tiny_model.lm_head.weight)
-
-
-@pytest.fixture()
-def pretrained_parts(tmp_path):
-    """A CLIP checkpoint (full CLIPModel) and a Llama causal-LM checkpoint with its tokenizer, on disk."""
-    torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 99},
-        projection_dim=16))
-    clip.save_pretrained(tmp_path / "clip")
-    CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(
-        tmp_path / "clip")
-    tokenizer = build_tokenizer(llava_tokens=False)  # like Llama's: no <image>, no pad token
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96,
-                                         num_hidden_layers=1, num_attention_heads=2))
-    llama.save_pretrained(tmp_path / "llama")
-    tokenizer.save_pretrained(tmp_path / "llama")
-    return tmp_path / "clip", tmp_path / "llama", clip, llama
 
 
 def test_from_vision_and_text(pretrained_parts):

@@ -142,3 +142,21 @@ def test_importing_the_command_imports_neither_torch_nor_trl():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_stage1_starts_from_a_pretrained_tower_and_lm(tmp_path, pretrained_parts, capsys):
+    """The recipe's start: no hf-llava folder yet, only CLIP and an LM; stage 1 builds the LLaVA itself."""
+    clip_path, llama_path, clip, _ = pretrained_parts
+    data, folder = write_caption_data(tmp_path)
+    out = tmp_path / "out1"
+    args = ["train", "stage1", "--output", str(out), "--data", str(data), "--images", str(folder), *_FAST]
+    assert cli.main([*args, "--vision-tower", str(clip_path), "--language-model", str(llama_path)]) == 0
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    assert model.config.base_models == [str(clip_path), str(llama_path)]
+    key = "vision_model.embeddings.patch_embedding.weight"
+    assert torch.equal(model.vision_tower.state_dict()[key], clip.vision_model.embeddings.patch_embedding.weight)
+    assert (out / "mm_projector.safetensors").is_file() and (out / "preprocessor_config.json").is_file()
+    capsys.readouterr()
+    # one of the two parts alone, or both ways at once, is refused before anything is written
+    assert cli.main([*args[:3], str(tmp_path / "o2"), *args[4:], "--vision-tower", str(clip_path)]) == 2
+    assert "--language-model DIR" in capsys.readouterr().err and not (tmp_path / "o2").exists()

@@ -17,8 +17,14 @@ logger = logging.getLogger(__name__)
 def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
     recipe = STAGE1 if stage == 1 else STAGE2
     lrs = f"{recipe['learning_rate']}" + ("" if stage == 1 else f", {LORA['learning_rate']} with --lora")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model", default=None,
                         help="model folder (stage 2: a stage-1 output, or a base model with --projector)")
+    parser.add_argument("--vision-tower", default=None, metavar="DIR",
+                        help="instead of --model: build a fresh LLaVA from this CLIP / SigLIP folder and --language-model")
+    parser.add_argument("--language-model", default=None, metavar="DIR",
+                        help="instead of --model: the causal LM folder (with its tokenizer) for --vision-tower")
+    parser.add_argument("--projector-type", default="mlp2x_gelu",
+                        help="projector of a model built with --vision-tower (linear, mlpNx_gelu, identity)")
     parser.add_argument("--merge-adapter", action="store_true",
                         help="--model is a LoRA adapter folder: load its base model and merge the adapter first")
     parser.add_argument("--data", required=True, help="LLaVA .json / .jsonl conversations")
@@ -106,6 +112,21 @@ def _processor_folder(model: str) -> str:
     return resolve_adapter_base(model) if is_adapter(model) else model
 
 
+def _check_model_source(args: argparse.Namespace) -> bool:
+    """`--model`, or `--vision-tower` + `--language-model` (a fresh LLaVA: the recipe's start); True for the latter."""
+    parts = (args.vision_tower, args.language_model)
+    if args.model is not None and any(parts):
+        raise ValueError("pass either model=DIR or vision_tower=DIR with language_model=DIR, not both.")
+    if args.model is None and not all(parts):
+        raise ValueError("pass model=DIR (a saved hf-llava folder), or vision_tower=DIR and language_model=DIR to "
+                         "build a fresh LLaVA from a pretrained tower and LM.")
+    for path in parts:
+        if path is not None and not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{path}: not a model folder (no config.json); pass a local folder written by "
+                                    "save_pretrained.")
+    return args.model is None
+
+
 def run(args: argparse.Namespace) -> int:
     """Checks the output folder and the data, then loads the model, trains and saves (see the module's order)."""
     from .._loading import is_adapter
@@ -114,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stage1 = args.stage == "stage1"
     lora = not stage1 and args.lora
+    built = _check_model_source(args)
     resume = check_training_output(args.output, overwrite=args.overwrite, resume=args.resume)
     if lora and is_adapter(args.model):
         raise ValueError(f"model={args.model!r} is a LoRA adapter: a new adapter needs its base model as a folder; "
@@ -130,9 +152,19 @@ def run(args: argparse.Namespace) -> int:
     from . import LlavaStage1Trainer, LlavaStage2Trainer, lm_lora_config, load_model_with_projector, merge_lora
 
     with training_output(args.output):
-        model = load_model_with_projector(args.model, None if stage1 else args.projector,
-                                          merge_adapter=args.merge_adapter)
-        processor = AutoProcessor.from_pretrained(_processor_folder(args.model))
+        if built:
+            from ..builder import from_vision_and_text
+
+            model, processor = from_vision_and_text(args.vision_tower, args.language_model,
+                                                    projector_type=args.projector_type)
+            if not stage1 and args.projector:
+                from .projector import load_projector
+
+                load_projector(model, args.projector)
+        else:
+            model = load_model_with_projector(args.model, None if stage1 else args.projector,
+                                              merge_adapter=args.merge_adapter)
+            processor = AutoProcessor.from_pretrained(_processor_folder(args.model))
         common = dict(model=model, args=config, train_dataset=dataset, processing_class=processor)
         if stage1:
             trainer = LlavaStage1Trainer(**common)
