@@ -99,3 +99,21 @@ def test_demo_removes_its_temporary_model(tmp_path, monkeypatch, capsys):
     assert cli.main(["demo", "--max-new-tokens", "2"]) == 0
     assert "temporary folder (removed)" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["export-onnx", "train"])
+def test_a_truncated_weights_file_is_named(tmp_path, saved_llava, capsys, command):
+    weights = saved_llava / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a copy cut short
+    if command == "export-onnx":
+        argv = ["export-onnx", str(saved_llava), str(tmp_path / "out")]
+    else:
+        from tests.trainers.conftest import write_caption_data
+
+        data, folder = write_caption_data(tmp_path)
+        argv = ["train", "stage1", "--model", str(saved_llava), "--data", str(data), "--images", str(folder),
+                "--output", str(tmp_path / "out")]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and str(weights) in err[0] and "truncated or corrupt" in err[0], err
+    assert not (tmp_path / "out").exists()
