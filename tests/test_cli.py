@@ -9,14 +9,15 @@ import pytest
 
 from hf_llava import cli
 
-HEAVY = ("torch", "transformers", "trl", "onnxruntime", "peft", "datasets")
+HEAVY = ("torch", "transformers", "trl", "onnxruntime", "peft", "datasets", "openai")
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("argv", [[], *([name] for name in cli.COMMANDS), ["train", "stage1"], ["train", "stage2"]])
+@pytest.mark.parametrize("argv", [[], *([name] for name in cli.COMMANDS), ["train", "stage1"], ["train", "stage2"]],
+                         ids=lambda argv: " ".join(argv) or "hf-llava")
 def test_help_imports_no_heavy_library(argv):
     """`--help` answers at once: no torch / transformers / TRL / ONNX Runtime import behind it."""
     code = (

@@ -28,6 +28,8 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "add_llava_tokens": ".processing",
     "from_vision_and_text": ".builder",
     "push_to_hub": ".hub",
+    "LocalTeacher": ".teachers",
+    "OpenAITeacher": ".teachers",
     "write_model_card": ".hub",
 })
 
@@ -101,6 +103,8 @@ else:
 
 __all__ = [
     "CHAT_TEMPLATES",
+    "LocalTeacher",
+    "OpenAITeacher",
     "LlavaConfig",
     "LlavaForConditionalGeneration",
     "LlavaModel",
