@@ -40,15 +40,16 @@ _state = {"transformers_ready": "transformers" in sys.modules, "registered": Fal
 def _register() -> None:
     if _state["registered"]:
         return
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForVision2Seq, AutoProcessor
+    from transformers import AutoConfig, AutoModel, AutoProcessor
 
+    from ._compat import auto_model_classes
     from .modeling import LlavaConfig, LlavaForConditionalGeneration, LlavaModel
     from .processing import LlavaProcessor
 
     AutoConfig.register(LlavaConfig.model_type, LlavaConfig, exist_ok=True)
     AutoModel.register(LlavaConfig, LlavaModel, exist_ok=True)
-    AutoModelForVision2Seq.register(LlavaConfig, LlavaForConditionalGeneration, exist_ok=True)
-    AutoModelForImageTextToText.register(LlavaConfig, LlavaForConditionalGeneration, exist_ok=True)
+    for auto_class in auto_model_classes():  # AutoModelForImageTextToText (+ AutoModelForVision2Seq on 4.57)
+        auto_class.register(LlavaConfig, LlavaForConditionalGeneration, exist_ok=True)
     AutoProcessor.register(LlavaConfig, LlavaProcessor, exist_ok=True)
     # `auto_map` + a copy of the module files in every saved folder (trust_remote_code loading).
     LlavaConfig.register_for_auto_class()

@@ -10,7 +10,9 @@ checkpoints for `trust_remote_code`, which only need to load what this builds.
 import copy
 from typing import Optional
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, LlavaImageProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
+
+from ._compat import PIL_IMAGE_PROCESSOR_KWARGS, pil_image_processor
 
 from .data.llava_json import IMAGE_ASPECT_RATIOS
 from .modeling import LlavaConfig, LlavaForConditionalGeneration
@@ -29,14 +31,14 @@ def image_processor_for(vision_name_or_path: str, image_aspect_ratio: str = "pad
     `square` (LLaVA v1, and stage 1 of the 1.5 recipe) keeps the tower's resize and centre crop."""
     if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
         raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected one of {', '.join(IMAGE_ASPECT_RATIOS)}.")
-    image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path, use_fast=False)
+    image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path, **PIL_IMAGE_PROCESSOR_KWARGS)
     if image_aspect_ratio == "square":
         return image_processor
     settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_")}
     settings.pop("image_processor_type", None)
     if "crop_size" not in settings:  # e.g. SigLIP: resize to the tower's size, no crop to fill in
         settings.update(do_center_crop=False, crop_size=settings.get("size"))
-    return LlavaImageProcessor(**{**settings, "do_pad": True})
+    return pil_image_processor("LlavaImageProcessor")(**{**settings, "do_pad": True})
 
 
 def build_processor(

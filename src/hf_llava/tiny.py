@@ -12,8 +12,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import CLIPImageProcessor, LlavaImageProcessor, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
+from ._compat import pil_image_processor
 from .modeling import LlavaConfig, LlavaForConditionalGeneration
 from .processing import LlavaProcessor
 
@@ -126,7 +127,10 @@ def build_processor(
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
     )
-    image_processor = LlavaImageProcessor(do_pad=True, **common) if pad else CLIPImageProcessor(**common)
+    if pad:
+        image_processor = pil_image_processor("LlavaImageProcessor")(do_pad=True, **common)
+    else:
+        image_processor = pil_image_processor("CLIPImageProcessor")(**common)
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -93,24 +93,55 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As transformers, reading the saved (llava) key names through `key_mapping` on both lines.
+
+        transformers 4.57 applies a class's `_checkpoint_conversion_mapping` by itself; 5.x only
+        through `key_mapping` (it keeps the renames and reverses them on save, see `save_pretrained`).
+        """
+        if cls._checkpoint_conversion_mapping:
+            kwargs.setdefault("key_mapping", cls._checkpoint_conversion_mapping)
+        return super().from_pretrained(*args, **kwargs)
+
+    def _keep_saved_key_names(self) -> None:
+        """transformers >= 5 saves by reversing the renames a model was loaded with; give a model built
+        from a config the same renames (ours, and the towers' own), so every folder has llava's names.
+        Feature-detected: this file is copied next to checkpoints and cannot import hf-llava's compat module."""
+        try:
+            from transformers.conversion_mapping import get_model_conversion_mapping
+        except ImportError:  # transformers 4.57: save_pretrained reverses `_checkpoint_conversion_mapping` itself
+            return
+        if getattr(self, "_weight_conversions", None) is None:
+            self._weight_conversions = get_model_conversion_mapping(
+                self, key_mapping=self._checkpoint_conversion_mapping, add_legacy=False
+            )
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """`nn.Module.load_state_dict` that also takes the names `save_pretrained` writes.
 
-        transformers 4.57 saves llava weights under the legacy llava names (`language_model.model.*`,
-        `vision_tower.*`, ...: `_checkpoint_conversion_mapping` reversed) so that older readers load
-        them. `Trainer` restores checkpoints with `load_state_dict(strict=False)`, which would silently
+        `save_pretrained` writes llava weights under the legacy llava names (`language_model.model.*`,
+        `vision_tower.vision_model.*`, ...: the load renames reversed) so that older readers load them. `Trainer` restores checkpoints with `load_state_dict(strict=False)`, which would silently
         skip every such key; mapping them here makes resume (and any direct load) restore every weight.
         """
         mapping = getattr(self, "_checkpoint_conversion_mapping", None) or {}
-        if mapping:
-            renamed = {}
-            for key, value in state_dict.items():
+        try:  # transformers >= 5: the renames from_pretrained applies (ours, and the towers' own)
+            from transformers.conversion_mapping import get_model_conversion_mapping
+            from transformers.core_model_loading import WeightRenaming, apply_renamings
+        except ImportError:  # transformers 4.57: the class's mapping, first match wins
+            def rename(key: str) -> str:
                 for pattern, replacement in mapping.items():
                     key, hits = re.subn(pattern, replacement, key)
                     if hits:
                         break
-                renamed[key] = value
-            state_dict = renamed
+                return key
+        else:
+            renamings = [c for c in get_model_conversion_mapping(self, key_mapping=mapping or None)
+                         if isinstance(c, WeightRenaming)]
+
+            def rename(key: str) -> str:
+                return apply_renamings(key, renamings)
+        state_dict = {rename(key): value for key, value in state_dict.items()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
@@ -220,7 +251,6 @@ class LlavaModel(LlavaPreTrainedModel):
         inputs_embeds: Optional[torch.FloatTensor] = None,
         vision_feature_layer: Optional[Union[int, list[int]]] = None,
         vision_feature_select_strategy: Optional[str] = None,
-        cache_position: Optional[torch.LongTensor] = None,
         image_sizes: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> LlavaModelOutputWithPast:
@@ -241,7 +271,6 @@ class LlavaModel(LlavaPreTrainedModel):
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            cache_position=cache_position,
             return_dict=True,
             **kwargs,
         )
@@ -263,7 +292,8 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         "^multi_modal_projector": "model.multi_modal_projector",
         "^language_model.lm_head": "lm_head",
     }
-    _tied_weights_keys = ["lm_head.weight"]
+    # A dict on transformers 5 (tied key -> its source); 4.57 reads only the keys.
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
@@ -288,6 +318,12 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
 
     def get_decoder(self):
         return self.model.get_decoder()
+
+    @property
+    def base_model(self) -> "LlavaModel":
+        """The LLaVA backbone, as transformers 5's llava has it (TRL's fused loss calls it on 5.x). The
+        prefix stays "" as in 4.57's llava, whose loader relies on it."""
+        return self.model
 
     @property
     def language_model(self):
@@ -317,7 +353,6 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         vision_feature_layer: Optional[Union[int, list[int]]] = None,
         vision_feature_select_strategy: Optional[str] = None,
         labels: Optional[torch.LongTensor] = None,
-        cache_position: Optional[torch.LongTensor] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
         image_sizes: Optional[torch.Tensor] = None,
         **kwargs,
@@ -332,7 +367,6 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
-            cache_position=cache_position,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -353,30 +387,15 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             image_hidden_states=outputs.image_hidden_states,
         )
 
-    def prepare_inputs_for_generation(
-        self,
-        input_ids,
-        past_key_values=None,
-        inputs_embeds=None,
-        pixel_values=None,
-        attention_mask=None,
-        cache_position=None,
-        logits_to_keep=None,
-        **kwargs,
-    ):
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache_position=cache_position,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
-        # Images only on the prefill step: later steps feed one new token and reuse the KV cache.
-        if cache_position is None or cache_position[0] == 0:
-            model_inputs["pixel_values"] = pixel_values
-        else:
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """Images only on the prefill step: later steps feed one new token and reuse the KV cache.
+
+        transformers 5 drops `pixel_values` after the prefill itself and passes no `cache_position`;
+        4.57 forwards every keyword at every step, so its `cache_position` says when to drop them.
+        """
+        model_inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        cache_position = kwargs.get("cache_position")
+        if cache_position is not None and cache_position[0] != 0:
             model_inputs.pop("pixel_values", None)
         return model_inputs
 
@@ -390,6 +409,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As transformers, plus the `auto_map` aliases (`add_auto_map_aliases`)."""
         self.add_auto_map_aliases()
+        self._keep_saved_key_names()
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):

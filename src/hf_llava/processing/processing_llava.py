@@ -7,6 +7,7 @@ chat templates, and truncation that never cuts through image tokens.
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
 
+import importlib.util
 import json
 import os
 from typing import Optional, Union
@@ -32,6 +33,12 @@ def strip_json_fields(paths, fields: tuple[str, ...]) -> None:
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
                 f.write("\n")
+
+
+# transformers >= 5 picks image processors by backend ("pil" / "torchvision", replacing `use_fast`) and finds
+# a processor's parts by modality; 4.57 needs their class names. Feature-detected, not taken from hf-llava's
+# compatibility module: this file is copied next to checkpoints and loads alone.
+_HAS_BACKENDS = importlib.util.find_spec("transformers.image_processing_backends") is not None
 
 
 class LlavaProcessorKwargs(ProcessingKwargs, total=False):
@@ -70,8 +77,9 @@ class LlavaProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    if not _HAS_BACKENDS:
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
 
     def __init__(
         self,
@@ -151,8 +159,11 @@ class LlavaProcessor(ProcessorMixin):
         image_inputs = {}
         if images is not None:
             image_inputs = self.image_processor(load_images(images), **output_kwargs["images_kwargs"])
+        # `return_tensors` sits in common_kwargs on 4.57 and in each modality's kwargs on 5.x
+        return_tensors = output_kwargs.get("common_kwargs", {}).get("return_tensors")
+        return_tensors = return_tensors or output_kwargs["text_kwargs"].get("return_tensors")
         if text is None:
-            return BatchFeature(data=dict(image_inputs), tensor_type=output_kwargs["common_kwargs"].get("return_tensors"))
+            return BatchFeature(data=dict(image_inputs), tensor_type=return_tensors)
         if isinstance(text, str):
             text = [text]
         elif not (isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)):
@@ -172,7 +183,7 @@ class LlavaProcessor(ProcessorMixin):
                        for t in text]
 
         text_kwargs = output_kwargs["text_kwargs"]
-        return_tensors = text_kwargs.pop("return_tensors", None)
+        text_kwargs.pop("return_tensors", None)
         if truncation and max_length is not None:
             text_inputs = self._tokenize_truncated(prompts, truncation, max_length, text_kwargs)
         else:
@@ -253,7 +264,10 @@ class LlavaProcessor(ProcessorMixin):
         The torchvision-backed fast processors differ slightly in output and need torchvision; saying
         which one is used (instead of transformers' notice on every load) keeps loading quiet.
         """
-        kwargs.setdefault("use_fast", False)
+        if _HAS_BACKENDS:
+            kwargs.setdefault("backend", "pil")
+        else:
+            kwargs.setdefault("use_fast", False)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
