@@ -97,7 +97,9 @@ class OpenAITeacher(BaseTeacher):
                 raise ValueError(f"{name}={value}: must be positive.")
         if max_retries < 0:
             raise ValueError(f"max_retries={max_retries}: must be 0 or more.")
-        import openai
+        from ._extras import require
+
+        openai = require("openai", "teacher", "A teacher or judge on an OpenAI-compatible server")
 
         self.name, self.base_url, self.concurrency = model, base_url, concurrency
         self.max_retries, self.temperature, self.max_tokens = max_retries, temperature, max_tokens

@@ -72,12 +72,12 @@ def record_problem(record: Any) -> Optional[str]:
     return None
 
 
-def read_symbolic_jsonl(path: str) -> list[SymbolicImage]:
-    """The images of a LLaVA captions + boxes JSONL file; a bad line raises ValueError naming file and line."""
+def read_jsonl(path, flag: str) -> list[tuple[int, dict]]:
+    """`(line number, object)` for each non-blank line of a JSONL file; `flag` names the file in errors."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"input={path}: no such file; pass a JSONL file of captions and boxes.")
-    images, seen = [], {}
+        raise FileNotFoundError(f"{flag}={path}: no such file; pass a JSONL file (one JSON object a line).")
+    records = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -85,21 +85,32 @@ def read_symbolic_jsonl(path: str) -> list[SymbolicImage]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"input={path}, line {line_no}: not valid JSON ({err.msg}); "
-                                 "one image a line.") from None
-            problem = record_problem(record)
-            if problem:
-                raise ValueError(f"input={path}, line {line_no}: {problem}.")
-            image_id = str(record["id"])
-            if image_id in seen:
-                raise ValueError(f"input={path}, line {line_no}: id {image_id!r} repeats line {seen[image_id]}; "
-                                 "ids name the samples and must be unique.")
-            seen[image_id] = line_no
-            instances = [{"category": i["category"], "bbox": [float(v) for v in i["bbox"]]}
-                         for i in record.get("instances", [])]
-            images.append(SymbolicImage(image_id, record["image"], list(record["captions"]), instances))
-    if not images:
-        raise ValueError(f"input={path}: no images (the file is empty).")
+                raise ValueError(f"{flag}={path}, line {line_no}: not valid JSON ({err.msg}); "
+                                 "one object a line.") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{flag}={path}, line {line_no}: expected a JSON object, got a "
+                                 f"{type(record).__name__}.")
+            records.append((line_no, record))
+    if not records:
+        raise ValueError(f"{flag}={path}: no records (the file is empty).")
+    return records
+
+
+def read_symbolic_jsonl(path: str) -> list[SymbolicImage]:
+    """The images of a LLaVA captions + boxes JSONL file; a bad line raises ValueError naming file and line."""
+    images, seen = [], {}
+    for line_no, record in read_jsonl(path, "input"):
+        problem = record_problem(record)
+        if problem:
+            raise ValueError(f"input={path}, line {line_no}: {problem}.")
+        image_id = str(record["id"])
+        if image_id in seen:
+            raise ValueError(f"input={path}, line {line_no}: id {image_id!r} repeats line {seen[image_id]}; "
+                             "ids name the samples and must be unique.")
+        seen[image_id] = line_no
+        instances = [{"category": i["category"], "bbox": [float(v) for v in i["bbox"]]}
+                     for i in record.get("instances", [])]
+        images.append(SymbolicImage(image_id, record["image"], list(record["captions"]), instances))
     return images
 
 
@@ -177,4 +188,4 @@ def _convert_coco(images, categories, annotations, by_image, instances_path, cap
             for img in images]
 
 
-__all__ = ["SymbolicImage", "format_box", "record_problem", "read_coco", "read_symbolic_jsonl", "render_context"]
+__all__ = ["SymbolicImage", "format_box", "read_coco", "read_jsonl", "read_symbolic_jsonl", "record_problem", "render_context"]

@@ -1,6 +1,6 @@
 """The run's journal: every accepted sample is appended (flushed, fsynced) the moment it arrives.
 
-`OUTPUT.journal.jsonl` starts with a header naming the run (`{"hf_llava_datagen": 1, "run": {...}}`: input
+`OUTPUT.journal.jsonl` starts with a header naming the run (`{"hf_llava_journal": 1, "run": {...}}`: input
 and prompt digests, types, seed, model); each further line is `{"image_id", "type", "sample"}`. A run that
 is killed loses only its requests in flight: the next one reads the journal, skips what is done and
 appends the rest. A torn last line (killed mid-write) is cut off before appending; a bad line elsewhere is
@@ -62,7 +62,7 @@ class Journal:
         if not records:
             return self
         header = records[0]
-        if header.get("hf_llava_datagen") != _VERSION or not isinstance(header.get("run"), dict):
+        if header.get("hf_llava_journal") != _VERSION or not isinstance(header.get("run"), dict):
             raise ValueError(f"{self.path}, line 1: not an hf-llava datagen journal; pass overwrite=True to "
                              "replace it, or choose another output.")
         self.run = header["run"]
@@ -91,7 +91,7 @@ class Journal:
         if fresh or self.run is None:
             self.done, self.run = {}, run
             self._file = open(self.path, "wb")
-            self._write({"hf_llava_datagen": _VERSION, "run": run})
+            self._write({"hf_llava_journal": _VERSION, "run": run})
         else:
             self._file = open(self.path, "r+b")
             self._file.truncate(self._intact)  # a torn last line must not glue onto the next record

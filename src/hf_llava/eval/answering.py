@@ -1,0 +1,183 @@
+"""The model side of every benchmark: loading a model folder and answering questions in batches.
+
+`--model` is a saved hf-llava folder (PyTorch) or an `hf-llava export-onnx` folder (ONNX Runtime); both
+answer through `.generate(input_ids, attention_mask, pixel_values, max_new_tokens=..., do_sample=False)`.
+`answer_questions` renders each question with the model's own chat template (image first, as LLaVA's
+evaluation does), pads batches on the left and decodes greedily; `JournaledAnswers` adds the answers
+journal, so a killed run resumes and a finished one is never generated again.
+"""
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from .._loading import is_adapter
+from ..onnx.layout import EXPORT_INFO, PROVIDERS
+from .files import ANSWERS, open_journal, results
+from .inputs import digest, resolve_image
+
+PathLike = Union[str, os.PathLike]
+
+
+def is_onnx_folder(path: PathLike) -> bool:
+    """Whether `path` is an `hf-llava export-onnx` folder (it has `onnx/export_info.json`)."""
+    return (Path(path) / EXPORT_INFO).is_file()
+
+
+def check_model(path: PathLike) -> Path:
+    """A model folder's path, checked without loading anything (errors name `model=PATH`)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model={path}: no such folder; pass a saved hf-llava folder or an "
+                                "`hf-llava export-onnx` folder.")
+    if not (is_onnx_folder(path) or is_adapter(path) or (path / "config.json").is_file()):
+        raise ValueError(f"model={path} has no config.json and no {EXPORT_INFO}: pass a folder written by "
+                         "save_pretrained or by `hf-llava export-onnx`.")
+    return path
+
+
+def model_fingerprint(path: PathLike) -> str:
+    """The folder and a digest of its files' names, sizes and times: a retrained model is not the same run."""
+    path = Path(path).absolute()
+    sha = hashlib.sha256()
+    for folder in (path, path / "onnx"):
+        for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if entry.is_file():
+                stat = entry.stat()
+                sha.update(f"{entry.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return f"{path} ({sha.hexdigest()[:12]})"
+
+
+def load_model(path: PathLike, device: Optional[str] = None, merge_adapter: bool = False) -> tuple[Any, Any]:
+    """`(model, processor)` from a saved hf-llava folder or an ONNX export folder.
+
+    `device`: `cpu` or `cuda` (default: cuda when available for PyTorch, the CPU provider for ONNX). A LoRA
+    adapter folder is merged into its base model with `merge_adapter=True`.
+    """
+    path = check_model(path)
+    if device is not None and device.split(":")[0] not in PROVIDERS:
+        raise ValueError(f"device={device!r}: expected one of {', '.join(PROVIDERS)}.")
+    if is_onnx_folder(path):
+        from ..onnx import ORTLlavaForConditionalGeneration
+        from ..processing import LlavaProcessor
+
+        provider = PROVIDERS[(device or "cpu").split(":")[0]]
+        return ORTLlavaForConditionalGeneration.from_pretrained(path, provider=provider), \
+            LlavaProcessor.from_pretrained(path)
+    import torch
+    from transformers import AutoProcessor
+
+    from .._loading import load_llava_model, resolve_adapter_base
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = load_llava_model(path, merge_adapter=merge_adapter, dtype=dtype).to(device).eval()
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, TypeError):
+        if not is_adapter(path):
+            raise
+        processor = AutoProcessor.from_pretrained(resolve_adapter_base(path))  # adapters often save no processor
+    return model, processor
+
+
+def _prompt(processor, question: dict, with_image: bool) -> str:
+    text = question["text"].replace(processor.image_token, "").strip()  # the template places the image
+    content = [{"type": "image"}] * with_image + [{"type": "text", "text": text}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def answer_questions(model, processor, questions: Sequence[dict], images_root: Optional[PathLike] = None,
+                     batch_size: int = 8, max_new_tokens: int = 128, *, progress: bool = True,
+                     on_batch: Optional[Callable[[int, list[str]], None]] = None,
+                     desc: str = "answering") -> list[str]:
+    """Greedy answers, one per question, in order.
+
+    Each question is a dict with `text` (the user's message) and optionally `image`: a file name under
+    `images_root`, a path, or an image object (PIL, array). `model` is a `LlavaForConditionalGeneration`
+    or an `ORTLlavaForConditionalGeneration`. `on_batch(start, answers)` is called after each batch.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..processing import load_image
+
+    if batch_size <= 0 or max_new_tokens <= 0:
+        raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens}: both must be positive.")
+    tokenizer = processor.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues at every row's right end
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = getattr(model, "device", None)  # the ONNX model takes CPU tensors
+    answers: list[str] = []
+    try:
+        with tqdm(total=len(questions), desc=desc, unit="q", disable=not progress) as bar:
+            for start in range(0, len(questions), batch_size):
+                batch = questions[start:start + batch_size]
+                images = [load_image(resolve_image(q["image"], images_root), start + i)
+                          for i, q in enumerate(batch) if q.get("image") is not None]
+                prompts = [_prompt(processor, q, q.get("image") is not None) for q in batch]
+                inputs = processor(images=images or None, text=prompts, padding=True, return_tensors="pt")
+                if device is not None:
+                    inputs = inputs.to(device)
+                with torch.inference_mode():
+                    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                            pad_token_id=pad_id)
+                new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, generated)
+                texts = [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+                answers += texts
+                if on_batch is not None:
+                    on_batch(start, texts)
+                bar.update(len(batch))
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+class JournaledAnswers:
+    """Answers for `questions` kept in `REPORT.answers.jsonl`: only the missing ones are ever generated.
+
+    Creating it checks the journal (another run's is refused unless `overwrite`) and writes nothing;
+    `generate(...)` loads the model only when an answer is missing, journals each batch as it comes and
+    returns `{str(question_id): answer}`. `summary` says how many were generated and reused.
+    """
+
+    def __init__(self, model_path: PathLike, questions: list[dict], output: Path, *, max_new_tokens: int = 128,
+                 overwrite: bool = False):
+        from .files import beside
+
+        self.model_path, self.questions, self.max_new_tokens = model_path, questions, max_new_tokens
+        self.run = {"model": model_fingerprint(model_path), "max_new_tokens": max_new_tokens,
+                    "inputs": digest([[str(q["question_id"]), q["text"], str(q["image"])] for q in questions])}
+        self.path = beside(output, ANSWERS)
+        self.journal, self.fresh = open_journal(self.path, self.run, overwrite, output)
+        done = results(self.journal, ANSWERS)
+        self.pending = [q for q in questions if str(q["question_id"]) not in done]
+        self.summary: dict = {}
+
+    def generate(self, *, images_root: Optional[PathLike] = None, batch_size: int = 8, device: Optional[str] = None,
+                 merge_adapter: bool = False, progress: bool = True) -> dict[str, str]:
+        start = time.perf_counter()
+        if self.pending:
+            model, processor = load_model(self.model_path, device, merge_adapter)
+            self.journal.open(self.run, fresh=self.fresh)
+            pending = self.pending
+
+            def keep(offset: int, texts: list[str]) -> None:
+                for q, text in zip(pending[offset:], texts):
+                    self.journal.append(str(q["question_id"]), ANSWERS, {"text": text})
+
+            try:
+                answer_questions(model, processor, pending, images_root, batch_size, self.max_new_tokens,
+                                 progress=progress, on_batch=keep)
+            finally:
+                self.journal.close()
+        self.summary = {"file": str(self.path), "generated": len(self.pending),
+                        "reused": len(self.questions) - len(self.pending), "max_new_tokens": self.max_new_tokens,
+                        "seconds": round(time.perf_counter() - start, 2)}
+        self.pending = []
+        return {key: value["text"] for key, value in results(self.journal, ANSWERS).items()}
+
+
+__all__ = ["JournaledAnswers", "answer_questions", "check_model", "is_onnx_folder", "load_model", "model_fingerprint"]

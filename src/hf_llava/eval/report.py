@@ -1,0 +1,46 @@
+"""Reports: the accuracy tally the two exact-answer benchmarks share, and the tables printed after a run.
+
+The report JSON itself is written by `files.write_report` (atomically); here live the numbers and their
+printed form. Accuracies are percentages, as the paper reports them.
+"""
+
+from typing import Iterable, Optional
+
+
+def accuracy_table(scores: Iterable[tuple[Optional[str], float]]) -> dict:
+    """`{"accuracy", "n", "categories": {name: {"accuracy", "n"}}}` from `(category, score in 0-1)` pairs."""
+    total, count, groups = 0.0, 0, {}
+    for category, score in scores:
+        total, count = total + score, count + 1
+        if category is not None:
+            group = groups.setdefault(category, [0.0, 0])
+            group[0] += score
+            group[1] += 1
+    return {"accuracy": 100.0 * total / count if count else None, "n": count,
+            "categories": {name: {"accuracy": 100.0 * s / n, "n": n} for name, (s, n) in sorted(groups.items())}}
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    """A plain text table: the first column left-aligned, numbers right-aligned with one or two decimals."""
+    def cell(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.2f}"
+        return str(value)
+
+    cells = [header] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in cells)
+
+
+def accuracy_rows(table: dict, extra: Optional[dict] = None) -> str:
+    """The printed form of an `accuracy_table` (plus named extra rows such as the image subset)."""
+    rows = [["all", table["accuracy"], table["n"]]]
+    rows += [[name, value["accuracy"], value["n"]] for name, value in (extra or {}).items()]
+    rows += [[f"  {name}", value["accuracy"], value["n"]] for name, value in table["categories"].items()]
+    return format_table(["questions", "accuracy %", "n"], rows)
+
+
+__all__ = ["accuracy_rows", "accuracy_table", "format_table"]
