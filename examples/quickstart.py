@@ -23,7 +23,7 @@ parser.add_argument("--output", default="my-llava")
 args = parser.parse_args()
 
 if args.vision and args.lm:
-    model, processor = from_vision_and_text(args.vision, args.lm, chat_template="vicuna_v1", torch_dtype=torch.bfloat16)
+    model, processor = from_vision_and_text(args.vision, args.lm, chat_template="vicuna_v1", dtype=torch.bfloat16)
 else:
     model, processor = build_llava()
 model.save_pretrained(args.output)

@@ -12,6 +12,7 @@ import transformers  # noqa: E402
 
 import hf_llava  # noqa: E402,F401  (registers the Auto classes)
 from hf_llava import tiny  # noqa: E402
+from hf_llava._compat import pil_image_processor  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -62,10 +63,11 @@ def pretrained_parts(tmp_path):
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                        "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 99},
+                     "num_attention_heads": 2, "vocab_size": 99, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
         projection_dim=16))
     clip.save_pretrained(tmp_path / "clip")
-    image_processor = transformers.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    clip_image_processor = pil_image_processor("CLIPImageProcessor")  # the PIL one on both lines (no torchvision)
+    image_processor = clip_image_processor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     image_processor.save_pretrained(tmp_path / "clip")
     tokenizer = tiny.build_tokenizer(llava_tokens=False)  # like Llama's: no <image>, no pad token
     llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(

@@ -3,7 +3,6 @@
 import argparse
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -67,8 +66,7 @@ def test_importing_the_package_registers_the_auto_classes_lazily():
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["demo", "--model", "{tmp}/missing"], "--model {tmp}/missing"),
-    (["demo", "--image", "{tmp}/missing.png"], "--image {tmp}/missing.png"),
+    (["export-onnx", "{tmp}/missing", "{tmp}/out"], "{tmp}/missing"),
     (["convert", "--from", "llava-hf", "--to", "hf-llava", "{tmp}/missing", "{tmp}/out"], "missing"),
     (["convert", "--from", "original", "--to", "llava-hf", "{tmp}/missing", "{tmp}/out"], "--from original --to llava-hf"),
 ])
@@ -84,7 +82,7 @@ def test_bad_input_is_two_lines_exit_2_and_writes_nothing(tmp_path, capsys, argv
 
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
-        cli.main(["--debug", "demo", "--model", str(tmp_path / "missing")])
+        cli.main(["--debug", "export-onnx", str(tmp_path / "missing"), str(tmp_path / "out")])
 
 
 def test_flag_spelling_rewrites_library_parameters():
@@ -93,13 +91,6 @@ def test_flag_spelling_rewrites_library_parameters():
     assert cli._flag_spelling(message, parser) == (
         "DST exists; pass --overwrite, or --chat-template vicuna_v1 with --max-shard-size 2GB."
     )
-
-
-def test_demo_removes_its_temporary_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert cli.main(["demo", "--max-new-tokens", "2"]) == 0
-    assert "temporary folder (removed)" in capsys.readouterr().out
-    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", ["export-onnx", "train"])

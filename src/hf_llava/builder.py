@@ -73,7 +73,7 @@ def from_vision_and_text(
     chat_template: str = "vicuna_v1",
     image_aspect_ratio: str = "pad",
     image_token: str = "<image>",
-    torch_dtype=None,
+    dtype=None,
     **config_kwargs,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """A fresh LLaVA and its processor from a pretrained tower and a pretrained causal LM.
@@ -81,14 +81,19 @@ def from_vision_and_text(
     The LM's tokenizer gets `image_token` (and a pad token when it has none), the embeddings grow to
     the new vocabulary when it outgrows them (new rows start at the mean of the others), the LM's
     generation config (stop tokens, sampling defaults) is kept, and the projector is random.
-    `config_kwargs` go to `LlavaConfig` (`projector_type`, `vision_feature_layer`, ...).
+    `dtype` is passed to both `from_pretrained` calls (None: transformers' default); `config_kwargs` go to
+    `LlavaConfig` (`projector_type`, `vision_feature_layer`, ...).
     """
     import torch
+
+    # `torch_dtype` is the older spelling: both lines warn when it reaches `from_pretrained`, even as None
+    dtype = config_kwargs.pop("torch_dtype", None) if dtype is None else dtype
+    load_kwargs = {} if dtype is None else {"dtype": dtype}
 
     processor = build_processor(vision_name_or_path, text_name_or_path, chat_template, image_aspect_ratio,
                                 config_kwargs.pop("vision_feature_select_strategy", None), image_token)
     tokenizer = processor.tokenizer
-    text_model = AutoModelForCausalLM.from_pretrained(text_name_or_path, torch_dtype=torch_dtype)
+    text_model = AutoModelForCausalLM.from_pretrained(text_name_or_path, **load_kwargs)
     config = LlavaConfig(
         vision_config=tower_config(vision_name_or_path).to_dict(),
         text_config=text_model.config.to_dict(),
@@ -102,7 +107,7 @@ def from_vision_and_text(
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     tower_cls = type(model.model.vision_tower)  # e.g. CLIPVisionModel; loads from a CLIPModel folder too
-    model.model.vision_tower = tower_cls.from_pretrained(vision_name_or_path, torch_dtype=torch_dtype)
+    model.model.vision_tower = tower_cls.from_pretrained(vision_name_or_path, **load_kwargs)
     model.model.language_model = text_model.get_decoder()
     model.lm_head = text_model.get_output_embeddings()
     model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(text_model.dtype)

@@ -10,6 +10,8 @@ import torch
 from hf_llava import tiny
 
 IMAGE_ID = 512  # `<image>` in the tiny tokenizer: the original tokenizer is the same minus this last token
+# Where transformers 4.57's llava keeps its weights on disk (llava-hf on the Hub, what vLLM / SGLang read).
+LLAVA_ON_DISK = ("language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.", "multi_modal_projector.")
 
 
 def original_state(model) -> dict:
@@ -22,7 +24,10 @@ def original_state(model) -> dict:
         if name.startswith("model.language_model."):
             state["model." + name[len("model.language_model."):]] = tensor
         elif name.startswith("model.vision_tower."):
-            state["model.vision_tower.vision_tower." + name[len("model.vision_tower."):]] = tensor
+            # the original saved a whole CLIPVisionModel: `vision_model.` level included (5.x drops it in memory)
+            tower_key = name[len("model.vision_tower."):]
+            tower_key = tower_key if tower_key.startswith("vision_model.") else "vision_model." + tower_key
+            state["model.vision_tower.vision_tower." + tower_key] = tensor
         elif name.startswith("model.multi_modal_projector.linear_"):
             layer, param = name[len("model.multi_modal_projector.linear_"):].split(".")
             state[f"model.mm_projector.{2 * (int(layer) - 1)}.{param}"] = tensor
@@ -68,12 +73,14 @@ def original_tokenizer_dir(tmp_path, tokenizer):
     data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<image>"]
     write_json(path / "tokenizer.json", data)
     config = json.loads((path / "tokenizer_config.json").read_text())
-    config["added_tokens_decoder"].pop(str(IMAGE_ID))
-    config.pop("additional_special_tokens", None)
+    config.get("added_tokens_decoder", {}).pop(str(IMAGE_ID), None)  # 4.57 lists added tokens here; 5.x does not
+    config.pop("additional_special_tokens", None)  # 4.57's name
+    config.pop("extra_special_tokens", None)  # 5.x's name
     write_json(path / "tokenizer_config.json", config)
-    special = json.loads((path / "special_tokens_map.json").read_text())
-    special.pop("additional_special_tokens", None)
-    write_json(path / "special_tokens_map.json", special)
+    if (path / "special_tokens_map.json").is_file():  # written by 4.57 only
+        special = json.loads((path / "special_tokens_map.json").read_text())
+        special.pop("additional_special_tokens", None)
+        write_json(path / "special_tokens_map.json", special)
     return path
 
 
@@ -155,6 +162,7 @@ def conv():
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        IMAGE_ID=IMAGE_ID, original_state=original_state, original_config=original_config, write_json=write_json,
+        IMAGE_ID=IMAGE_ID, LLAVA_ON_DISK=LLAVA_ON_DISK, original_state=original_state,
+        original_config=original_config, write_json=write_json,
         with_mean_rows=with_mean_rows, assert_same_outputs=assert_same_outputs,
     )

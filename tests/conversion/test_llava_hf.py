@@ -17,6 +17,8 @@ def test_export_loads_in_transformers_and_matches(saved_llava, tiny_model, tiny_
     assert not list(out.glob("*.py"))
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "llava" and "auto_map" not in config and "projector_type" not in config
+    # transformers 4.57's on-disk llava names, whichever line converted: what 4.57, 5.x, vLLM and SGLang read
+    assert all(key.startswith(conv.LLAVA_ON_DISK) for key in load_file(out / "model.safetensors"))
     model = transformers.LlavaForConditionalGeneration.from_pretrained(out).eval()
     processor = transformers.AutoProcessor.from_pretrained(out)
     assert type(processor) is transformers.LlavaProcessor
@@ -30,10 +32,11 @@ def test_export_loads_in_transformers_and_matches(saved_llava, tiny_model, tiny_
     conv.assert_same_outputs(model, tiny_model, tiny_processor, images)
 
 
-def test_round_trip_is_bit_identical(saved_llava, tiny_model, tmp_path):
+def test_round_trip_is_bit_identical(saved_llava, tiny_model, tmp_path, conv):
     hf = convert_hf_llava_to_llava_hf(saved_llava, tmp_path / "hf", max_shard_size="40KB", progress=False)
     assert (hf / "model.safetensors.index.json").is_file()  # sharded
     back = convert_llava_hf_to_hf_llava(hf, tmp_path / "back", progress=False)
+    assert all(key.startswith(conv.LLAVA_ON_DISK) for key in load_file(back / "model.safetensors"))
     model = hf_llava.LlavaForConditionalGeneration.from_pretrained(back)
     ref = tiny_model.state_dict()
     assert set(model.state_dict()) == set(ref)
@@ -42,6 +45,28 @@ def test_round_trip_is_bit_identical(saved_llava, tiny_model, tmp_path):
     assert before == after
     for name in ("processor_config.json", "preprocessor_config.json", "chat_template.jinja", "tokenizer.json"):
         assert (saved_llava / name).read_text() == (back / name).read_text(), name
+
+
+@pytest.mark.parametrize("direction", ["hf-llava", "llava-hf"])
+def test_folders_are_written_in_the_layout_both_transformers_lines_read(saved_llava, tmp_path, direction):
+    """Whichever line writes it (4.57 or 5.x), a folder loads in the other: 4.57's file layout, which 5.x reads."""
+    folder = saved_llava
+    if direction == "llava-hf":
+        folder = convert_hf_llava_to_llava_hf(saved_llava, tmp_path / "hf", progress=False)
+    image_processor = json.loads((folder / "preprocessor_config.json").read_text())  # 4.57 reads it from here only
+    assert image_processor["image_processor_type"] == "LlavaImageProcessor"
+    assert "image_processor" not in json.loads((folder / "processor_config.json").read_text())
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    # 5.x's `TokenizersBackend` is unknown to 4.57
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert tokenizer_config["additional_special_tokens"] == ["<image>"]
+    assert not {"backend", "is_local", "local_files_only"} & set(tokenizer_config)  # load options, not settings
+    assert not isinstance(tokenizer_config.get("extra_special_tokens"), list)  # 4.57 reads a dict here
+    text_config = json.loads((folder / "config.json").read_text())["text_config"]
+    assert text_config["rope_theta"] == 10000.0  # 4.57 does not read 5.x's `rope_parameters`
+    processor = transformers.AutoProcessor.from_pretrained(folder)
+    tokenizer = processor.tokenizer
+    assert tokenizer.convert_tokens_to_ids("<image>") == 512 and "<image>" in tokenizer.all_special_tokens
 
 
 def _transformers_llava(tmp_path, new_layout: bool):

@@ -6,6 +6,7 @@ import torch
 import transformers
 
 import hf_llava
+from hf_llava._compat import pil_image_processor
 from hf_llava.conversion import ConversionError, convert_original_to_hf_llava
 
 
@@ -14,7 +15,7 @@ def _check(out, tiny_model, images, conv):
     processor = transformers.AutoProcessor.from_pretrained(out)
     assert processor.image_token_id == conv.IMAGE_ID == model.config.image_token_index
     assert processor.chat_template == hf_llava.CHAT_TEMPLATES["vicuna_v1"]
-    assert type(processor.image_processor).__name__ == "LlavaImageProcessor" and processor.image_processor.do_pad
+    assert type(processor.image_processor) is pil_image_processor("LlavaImageProcessor") and processor.image_processor.do_pad
     conv.assert_same_outputs(model, conv.with_mean_rows(tiny_model), processor, images)
     return model, processor
 

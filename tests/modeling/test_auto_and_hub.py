@@ -89,6 +89,35 @@ def test_trust_remote_code_in_a_fresh_python(saved_llava, tiny_model, tiny_proce
     assert done.stdout.strip().splitlines()[-1] == str(expected)
 
 
+QUIET_SCRIPT = r"""
+import sys
+import warnings
+
+warnings.simplefilter("default")  # deprecation warnings too
+import hf_llava
+from hf_llava.tiny import demo_image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained(sys.argv[1])
+processor = AutoProcessor.from_pretrained(sys.argv[1])
+messages = [{"role": "user", "content": [{"type": "image", "image": demo_image()}, {"type": "text", "text": "Hi"}]}]
+inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                       return_tensors="pt")
+print(model.generate(**inputs, max_new_tokens=3, do_sample=False).shape)
+"""
+
+
+def test_the_normal_path_is_quiet(saved_llava):
+    """Load, template, tokenize, generate in a fresh Python (transformers warns once per process): nothing is
+    printed but the weights-loading bar (no slow / fast image processor notice, no deprecation, no fallback)."""
+    done = subprocess.run([sys.executable, "-c", QUIET_SCRIPT, str(saved_llava)],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # transformers 5 draws a "Loading weights" progress bar (carriage returns); anything else is a message
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert [line for line in lines if not line.startswith("Loading weights")] == []
+
+
 def fake_hub(monkeypatch, root):
     """Replace the Hub's network calls with a local folder store, laid out as the Hub cache."""
     def create_repo(self, repo_id, **kwargs):
@@ -139,6 +168,15 @@ def test_from_vision_and_text(pretrained_parts):
     assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, llama.model.layers[0].mlp.up_proj.weight)
     assert model.config.base_models == [str(clip_path), str(llama_path)]
     assert not any(p.is_meta for p in model.parameters())
+    # the projector starts as LLaVA's: normal(0, initializer_range), zero bias (not torch's uniform default, std
+    # ~0.1 here), and a save / load keeps it (transformers 5 also runs a default init on custom models)
+    projector = model.multi_modal_projector
+    std = model.config.text_config.initializer_range
+    assert abs(projector.linear_1.weight.std().item() - std) < 0.3 * std and not projector.linear_1.bias.any()
+    model.save_pretrained(clip_path.parent / "built")
+    reloaded = LlavaForConditionalGeneration.from_pretrained(clip_path.parent / "built")
+    for name, tensor in projector.state_dict().items():
+        assert torch.equal(reloaded.multi_modal_projector.state_dict()[name], tensor), name
     inputs = processor(images=demo_image(), text="USER: <image>\nWhat? ASSISTANT:", return_tensors="pt")
     assert (inputs["input_ids"] == model.config.image_token_id).sum() == model.config.image_seq_length == 4
     assert inputs["pixel_values"].shape == (1, 3, 28, 28)
@@ -150,7 +188,9 @@ def test_saved_weights_load_back_with_load_state_dict(saved_llava, tiny_config):
     from safetensors.torch import load_file
 
     state = load_file(saved_llava / "model.safetensors")
-    assert any(k.startswith("language_model.model.") for k in state)  # the legacy on-disk layout
+    # transformers 4.57's on-disk llava layout on both lines (5.x's CLIP has no `vision_model.` level in memory)
+    layout = ("language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.", "multi_modal_projector.")
+    assert all(k.startswith(layout) for k in state) and any(k.startswith("vision_tower.vision_model.") for k in state)
     fresh = LlavaForConditionalGeneration(tiny_config)
     result = fresh.load_state_dict(state, strict=False)
     assert result.missing_keys == [] and result.unexpected_keys == []

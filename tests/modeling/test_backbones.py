@@ -64,3 +64,31 @@ def test_siglip_tower_with_full_strategy(tokenizer):
     assert type(model.vision_tower).__name__ == "SiglipVisionModel"
     assert config.image_seq_length == 25  # no CLS in SigLIP
     assert model.get_image_features(torch.randn(1, 3, 30, 30)).shape == (1, 25, 64)
+
+
+@pytest.mark.parametrize("layer", [-2, -1, 0, 1, [-3, -1], [0, -2]])
+def test_image_features_skip_the_tower_layers_after_the_deepest_selected(tiny_config, tiny_processor, images, layer):
+    """The tower stops after the deepest layer LLaVA reads (-2: the last layer is never run), with the same
+    features as the whole tower's hidden states, and is left whole afterwards."""
+    torch.manual_seed(0)
+    config = tiny_config.__class__.from_dict({**tiny_config.to_dict(), "vision_feature_layer": layer})
+    model = LlavaForConditionalGeneration(config).eval()
+    pixel_values = tiny_processor(images=images[:1], text="<image>", return_tensors="pt")["pixel_values"]
+    tower = model.model.vision_tower
+    num_layers = config.vision_config.num_hidden_layers
+    parameters = [id(p) for p in tower.parameters()]
+    ran = []
+    layer_names = tuple(f"layers.{i}" for i in range(num_layers))
+    hooks = [block.register_forward_hook(lambda *_: ran.append(1))
+             for name, block in tower.named_modules() if name.endswith(layer_names)]
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values)
+    for hook in hooks:
+        hook.remove()
+    positions = [i % (num_layers + 1) for i in ([layer] if isinstance(layer, int) else layer)]
+    assert len(ran) == max(1, *positions)
+    with torch.no_grad():
+        states = tower(pixel_values, output_hidden_states=True).hidden_states
+        expected = torch.cat([states[i][:, 1:] for i in positions], dim=-1)
+        assert torch.equal(features, model.model.multi_modal_projector(expected))
+    assert [id(p) for p in tower.parameters()] == parameters and len(states) == num_layers + 1

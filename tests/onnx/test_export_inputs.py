@@ -28,6 +28,7 @@ def bare_model(tmp_path, tiny_model, tiny_processor):
 
 
 def _run_cli(argv: list, capsys) -> tuple[int, list]:
+    capsys.readouterr()  # only this command's output (transformers 5 draws loading bars on stderr)
     code = main(["export-onnx", *map(str, argv)])
     return code, capsys.readouterr().err.strip().splitlines()
 

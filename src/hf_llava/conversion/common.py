@@ -2,6 +2,7 @@
 
 - `weight_files` / `list_keys` / `load_tensors`: a checkpoint folder's shards, read one at a time
   (`safetensors.safe_open` for key listings, `torch.load(weights_only=True, mmap=True)` for `.bin`).
+- `key_names`: on-disk key <-> parameter name, as this transformers line loads and saves them.
 - `check_keys`: every source key consumed, every target parameter filled, or an error naming them.
 - `ShardWriter`: streams converted tensors into `model-0000i-of-0000N.safetensors` shards plus the
   index, so memory stays near one shard (the library savers take a whole state dict at once).
@@ -30,30 +31,21 @@ from ..modeling import LlavaForConditionalGeneration
 
 PathLike = Union[str, os.PathLike]
 _MAX_LISTED = 20
-# transformers 4.57 loads llava with the new names (left) but `save_pretrained` writes the older on-disk
-# names (right; `_checkpoint_conversion_mapping` reversed), which older transformers, vLLM and SGLang
-# read. Both hf-llava and llava-hf folders use them; conversions accept either and write the right column.
-# Derived from the model's own mapping (`^old` -> `new`), the one its `load_state_dict` also applies.
-SAVED_LAYOUT = tuple(
-    (new + ".", pattern.lstrip("^") + ".")
-    for pattern, new in LlavaForConditionalGeneration._checkpoint_conversion_mapping.items()
-)
 
 
-def saved_name(key: str) -> str:
-    """The name `save_pretrained` gives parameter `key` on disk (see `SAVED_LAYOUT`)."""
-    for new, old in SAVED_LAYOUT:
-        if key.startswith(new):
-            return old + key[len(new):]
-    return key
+def key_names(config) -> tuple[Callable[[str], str], dict[str, str]]:
+    """How an hf-llava model of `config` names its tensors on disk, on this transformers line:
+    (on-disk key -> parameter name, parameter name -> on-disk key), from a model built on the meta device.
 
-
-def loaded_name(key: str) -> str:
-    """The parameter name of on-disk key `key` (inverse of `saved_name`; new-layout keys are unchanged)."""
-    for new, old in SAVED_LAYOUT:
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
+    Loading renames as `from_pretrained` does (either layout: the saved names or the in-memory ones);
+    saving reverses them as `save_pretrained` does, which gives transformers 4.57's llava layout on both
+    lines (`language_model.model.*`, `language_model.lm_head.*`, `vision_tower.vision_model.*`,
+    `multi_modal_projector.*`): the names 4.57, 5.x (through its llava mappings), vLLM and SGLang read.
+    transformers' llava has the same parameter names, so llava-hf folders are written the same way.
+    """
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    return model.checkpoint_key_renamer(), model.saved_key_names()
 
 
 class ConversionError(ValueError):
@@ -142,12 +134,16 @@ class ShardWriter:
     """Writes tensors into safetensors shards of at most `max_shard_size` bytes, then the index.
 
     Tensors arrive under their parameter names, are checked against the `expected` shapes and are stored
-    under their on-disk names (`saved_name`); one shard is held in memory at a time.
+    under their on-disk names (`saved_names`, see `key_names`); one shard is held in memory at a time.
     """
 
-    def __init__(self, folder: PathLike, expected: dict[str, tuple], max_shard_size: Union[int, str] = "5GB"):
+    def __init__(
+        self, folder: PathLike, expected: dict[str, tuple], saved_names: dict[str, str],
+        max_shard_size: Union[int, str] = "5GB",
+    ):
         self.folder = Path(folder)
         self.expected = expected
+        self.saved_names = saved_names
         self.max_bytes = convert_file_size_to_int(max_shard_size)
         self.buffer: dict[str, torch.Tensor] = {}
         self.buffer_bytes = 0
@@ -165,7 +161,7 @@ class ShardWriter:
         if self.buffer and self.buffer_bytes + nbytes > self.max_bytes:
             self._flush()
         # A fresh contiguous copy: safetensors refuses views and tensors sharing storage (tied weights).
-        self.buffer[saved_name(name)] = tensor.detach().to("cpu").contiguous().clone()
+        self.buffer[self.saved_names[name]] = tensor.detach().to("cpu").contiguous().clone()
         self.buffer_bytes += nbytes
         self.total_size += nbytes
 
@@ -224,6 +220,7 @@ def file_sources(files: list[Path], map_key: KeyRule) -> list[TensorSource]:
 def write_converted(
     sources: list[TensorSource],
     expected: dict[str, tuple],
+    saved_names: dict[str, str],
     folder: PathLike,
     source_name: PathLike,
     max_shard_size: Union[int, str] = "5GB",
@@ -232,7 +229,8 @@ def write_converted(
 ) -> list[str]:
     """Account for every key (before reading any tensor), then stream each source into safetensors shards.
 
-    `transform(target_name, tensor)` may change a tensor (dtype, new embedding rows). Returns the shard names.
+    Tensors are written under `saved_names[target_name]` (see `key_names`); `transform(target_name, tensor)`
+    may change a tensor (dtype, new embedding rows). Returns the shard names.
     """
     unknown, produced = [], []
     for source in sources:
@@ -243,7 +241,7 @@ def write_converted(
             elif target is not DROP:
                 produced.append(target)
     check_keys(unknown, produced, expected, source_name)
-    writer = ShardWriter(folder, expected, max_shard_size)
+    writer = ShardWriter(folder, expected, saved_names, max_shard_size)
     bar = tqdm(total=len(produced), desc="converting tensors", unit="tensor", disable=not progress, leave=False)
     for source in sources:
         tensors = source.load()

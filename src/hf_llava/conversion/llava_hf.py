@@ -1,14 +1,16 @@
 """llava-hf (transformers' `LlavaForConditionalGeneration`, `model_type="llava"`) <-> hf-llava, lossless.
 
-Parameter names are the same on both sides (transformers 4.57's layout), so a conversion is a config
-mapping plus a shard-by-shard copy of bit-identical tensors. Either on-disk layout is read (the one
-4.57's `save_pretrained` writes, `language_model.model.*`, `language_model.lm_head.*`, `vision_tower.*`,
-`multi_modal_projector.*`, or the in-memory names `model.language_model.*`...); the former is written.
+Parameter names are the same on both sides, so a conversion is a config mapping plus a shard-by-shard
+copy of bit-identical tensors. Any layout `from_pretrained` reads on this transformers line is read
+(the one 4.57's `save_pretrained` writes, `language_model.model.*`, `language_model.lm_head.*`,
+`vision_tower.vision_model.*`, `multi_modal_projector.*`, or the in-memory names `model.language_model.*`...);
+the former is written, on 4.57 and 5.x alike, so a folder converted on one line loads on the other.
 The processor (tokenizer files, image processor, patch size, strategy, chat template) is carried over.
 Only the `mlp2x_gelu` projector exists in transformers: others are refused.
 Also home of `save_hf_llava_config`, which writes an hf-llava folder's config files.
 """
 
+import json
 from pathlib import Path
 from typing import Optional, Union
 
@@ -20,7 +22,8 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME
 
 from ..modeling import LlavaConfig, LlavaForConditionalGeneration
 from ..processing import LlavaProcessor, get_chat_template
-from ..processing.processing_llava import strip_json_fields
+from ..modeling.configuration_llava import add_legacy_rope_fields
+from ..processing.processing_llava import strip_json_fields, write_portable_processor_files
 from .._atomic import atomic_output
 from .common import (
     DROP,
@@ -29,7 +32,7 @@ from .common import (
     PathLike,
     expected_state,
     file_sources,
-    loaded_name,
+    key_names,
     read_json,
     weight_files,
     write_converted,
@@ -57,8 +60,8 @@ def _generation_config(src: Path) -> Optional[GenerationConfig]:
     return GenerationConfig.from_pretrained(src) if (src / "generation_config.json").is_file() else None
 
 
-def _map_key(expected: dict) -> KeyRule:
-    """Either layout on disk (see `SAVED_LAYOUT`) -> the parameter name; None for a key the model lacks.
+def _map_key(expected: dict, loaded_name) -> KeyRule:
+    """Either layout on disk (`loaded_name`, see `key_names`) -> the parameter name; None for a key the model lacks.
 
     With tied embeddings `expected` has no `lm_head.weight`; a checkpoint that stores it anyway (as some
     writers do) has it consumed, not refused: the model ties it to the input embeddings on load.
@@ -96,7 +99,9 @@ def convert_llava_hf_to_hf_llava(
             f"{src}/config.json has model_type={raw.get('model_type')!r}; --from llava-hf expects 'llava' "
             "(use --from original for haotian-liu/LLaVA checkpoints, or the folder is already hf-llava)."
         )
-    processor = transformers.AutoProcessor.from_pretrained(src)
+    # Our class reads transformers' llava processor files too, with the PIL image processor and the tokenizer
+    # as they are (transformers' own class would pick another image processor backend, with a notice).
+    processor = LlavaProcessor.from_pretrained(src)
     image_processor = processor.image_processor
     dropped = ("model_type", "architectures", "transformers_version", "auto_map")
     fields = {k: v for k, v in raw.items() if k not in dropped}
@@ -121,10 +126,11 @@ def convert_llava_hf_to_hf_llava(
         image_seq_length=config.num_image_tokens,
     )
     expected = expected_state(LlavaForConditionalGeneration, config)
+    loaded_name, saved_names = key_names(config)
     with atomic_output(dst, overwrite) as tmp:
         write_converted(
-            file_sources(weight_files(src), _map_key(expected)), expected, tmp, src, max_shard_size,
-            progress=progress,
+            file_sources(weight_files(src), _map_key(expected, loaded_name)), expected, saved_names, tmp, src,
+            max_shard_size, progress=progress,
         )
         save_hf_llava_config(config, tmp, _generation_config(src))
         ours.save_pretrained(tmp)
@@ -167,14 +173,20 @@ def convert_hf_llava_to_llava_hf(
         num_additional_image_tokens=ours.num_additional_image_tokens,
     )
     expected = expected_state(transformers.LlavaForConditionalGeneration, target_config)
+    loaded_name, saved_names = key_names(config)  # transformers' llava has our parameter names (mlp2x_gelu)
     with atomic_output(dst, overwrite) as tmp:
         write_converted(
-            file_sources(weight_files(src), _map_key(expected)), expected, tmp, src, max_shard_size,
-            progress=progress,
+            file_sources(weight_files(src), _map_key(expected, loaded_name)), expected, saved_names, tmp, src,
+            max_shard_size, progress=progress,
         )
         target_config.save_pretrained(tmp)
+        # transformers' llava config saved on 5.x: the RoPE fields 4.57 reads too (ours writes them itself)
+        saved = read_json(Path(tmp) / "config.json")
+        add_legacy_rope_fields(saved.get("text_config", {}))
+        (Path(tmp) / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         (_generation_config(src) or GenerationConfig.from_model_config(target_config)).save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        write_portable_processor_files(tmp)  # the 4.57 layout, which both lines read
         # Our classes registered `auto_map` on the tokenizer / image processor: stock transformers must not see it.
         strip_json_fields([p for p in Path(tmp).glob("*.json") if p.name not in (SAFE_WEIGHTS_INDEX_NAME, "tokenizer.json")],
                           ("auto_map",))

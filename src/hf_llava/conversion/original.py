@@ -39,6 +39,7 @@ from .common import (
     TensorSource,
     expected_state,
     file_sources,
+    key_names,
     load_tensors,
     read_json,
     weight_files,
@@ -116,8 +117,12 @@ def _projector_type_from_keys(keys: list[str], origin: Path) -> str:
     return f"mlp{len(indices)}x_gelu"
 
 
-def _map_original_key(expected: dict) -> KeyRule:
-    """Original LLaVA names -> ours; derived buffers (rotary `inv_freq`, CLIP `position_ids`) are dropped."""
+def _map_original_key(expected: dict, loaded_name) -> KeyRule:
+    """Original LLaVA names -> ours; derived buffers (rotary `inv_freq`, CLIP `position_ids`) are dropped.
+
+    Targets are spelled as in transformers 4.57's llava; `loaded_name` (see `key_names`) turns them into this
+    line's parameter names (5.x's CLIP tower has no `vision_model.` level).
+    """
 
     def map_key(key: str):
         if key.endswith("rotary_emb.inv_freq") or key.endswith("embeddings.position_ids"):
@@ -135,18 +140,19 @@ def _map_original_key(expected: dict) -> KeyRule:
             target = "model.language_model." + key[len("model."):]
         elif key.startswith("lm_head."):
             target = key
+        target = target and loaded_name(target)
         return target if target in expected else None
 
     return map_key
 
 
-def _map_clip_key(expected: dict) -> KeyRule:
+def _map_clip_key(expected: dict, loaded_name) -> KeyRule:
     """A CLIP folder (CLIPVisionModel or CLIPModel) -> our vision tower; CLIPModel's text half is unused by LLaVA."""
 
     def map_key(key: str):
         if key.startswith(_CLIP_TEXT_HALF) or key.endswith("embeddings.position_ids"):
             return DROP
-        target = "model.vision_tower." + key
+        target = loaded_name("model.vision_tower." + key)
         return target if target in expected else None
 
     return map_key
@@ -316,12 +322,13 @@ def convert_original_to_hf_llava(
     config = _llava_config(lm_raw, lm_origin, vision_config, processor, mm, old_vocab, dtype_name)
 
     expected = expected_state(LlavaForConditionalGeneration, config)
-    sources = [replace(source, map_key=_map_original_key(expected)) for source in llava_sources]
+    loaded_name, saved_names = key_names(config)
+    sources = [replace(source, map_key=_map_original_key(expected, loaded_name)) for source in llava_sources]
     if not any(k.startswith("model.vision_tower.") for k in all_keys):  # tower not saved: take the CLIP folder's
-        sources += file_sources(weight_files(vision_path), _map_clip_key(expected))
+        sources += file_sources(weight_files(vision_path), _map_clip_key(expected, loaded_name))
     transform = _tensor_transform(dtype_name, config.text_config.vocab_size, old_vocab, new_ids)
     with atomic_output(dst, overwrite) as tmp:
-        write_converted(sources, expected, tmp, src, max_shard_size, transform, progress)
+        write_converted(sources, expected, saved_names, tmp, src, max_shard_size, transform, progress)
         save_hf_llava_config(config, tmp)
         processor.save_pretrained(tmp)
     return Path(dst)

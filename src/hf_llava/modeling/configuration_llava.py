@@ -57,6 +57,21 @@ def _build_sub_config(config, default_type: str, name: str) -> PretrainedConfig:
     raise TypeError(f"{name} must be a PretrainedConfig, a dict or None; got {type(config).__name__}.")
 
 
+def add_legacy_rope_fields(text_config: dict) -> dict:
+    """`text_config` (a config dict, changed in place) with `rope_theta` / `rope_scaling` beside `rope_parameters`.
+
+    transformers >= 5 (feature-detected: the dict has `rope_parameters`) saves RoPE settings in `rope_parameters`
+    only; 4.57 ignores that field and would run with its default theta (10000). 5.x reads both spellings and
+    prefers `rope_parameters`, so writing both keeps a saved folder the same model on either line.
+    """
+    params = text_config.get("rope_parameters")
+    if isinstance(params, dict) and "rope_theta" in params and "rope_theta" not in text_config:
+        text_config["rope_theta"] = params["rope_theta"]
+        if params.get("rope_type", "default") != "default" and text_config.get("rope_scaling") is None:
+            text_config["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+    return text_config
+
+
 class LlavaConfig(PretrainedConfig):
     r"""Configuration of [`LlavaForConditionalGeneration`].
 
@@ -161,6 +176,13 @@ class LlavaConfig(PretrainedConfig):
                 "a real image patch is dropped. Use 'full' for such towers.", self.vision_config.model_type
             )
 
+    def to_dict(self) -> dict:
+        """As transformers, plus the LM's RoPE fields as 4.57 reads them (see `add_legacy_rope_fields`)."""
+        output = super().to_dict()
+        if isinstance(output.get("text_config"), dict):
+            add_legacy_rope_fields(output["text_config"])
+        return output
+
     @property
     def num_additional_image_tokens(self) -> int:
         """Tokens the tower prepends to the patches (1 for CLIP's CLS, 0 for SigLIP)."""
@@ -176,4 +198,4 @@ class LlavaConfig(PretrainedConfig):
         return tokens
 
 
-__all__ = ["LlavaConfig", "PROJECTOR_TYPES", "has_cls_token", "projector_depth"]
+__all__ = ["LlavaConfig", "PROJECTOR_TYPES", "add_legacy_rope_fields", "has_cls_token", "projector_depth"]

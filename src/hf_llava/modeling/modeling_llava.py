@@ -9,6 +9,8 @@ This file is copied next to saved checkpoints for `trust_remote_code` loading: r
 """
 
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -21,6 +23,40 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.utils import can_return_tuple
 
 from .configuration_llava import LlavaConfig, projector_depth
+
+
+def _tower_encoder(tower: nn.Module) -> Optional[nn.Module]:
+    """The encoder whose `layers` ModuleList a CLIP / SigLIP-style tower runs in order (None for other towers).
+
+    transformers 4.57 nests it under `vision_model`; 5.x's CLIP / SigLIP vision models hold it directly.
+    """
+    for owner in (getattr(tower, "vision_model", None), tower):
+        encoder = getattr(owner, "encoder", None)
+        if isinstance(getattr(encoder, "layers", None), nn.ModuleList):
+            return encoder
+    return None
+
+
+@contextmanager
+def _first_layers(tower: nn.Module, encoder: Optional[nn.Module], count: int) -> Iterator[None]:
+    """Run only the first `count` encoder layers of `tower` inside the block: LLaVA reads a hidden state before
+    the last layer (-2 by default), so the layers after the deepest selected one are wasted work on every image.
+    The swap is per call (not thread-safe for concurrent forwards of one model, as transformers' own models)."""
+    if encoder is None or count >= len(encoder.layers):
+        yield
+        return
+    try:  # transformers >= 5 records hidden states by hooks, put on the layers present at the first recording call
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # 4.57 collects them in the encoder's loop
+        pass
+    else:
+        maybe_install_capturing_hooks(tower)  # so on every layer, before some are hidden
+    layers = encoder.layers
+    encoder.layers = nn.ModuleList(list(layers)[:count])  # the same modules, fewer of them
+    try:
+        yield
+    finally:
+        encoder.layers = layers
 
 
 @dataclass
@@ -117,30 +153,58 @@ class LlavaPreTrainedModel(PreTrainedModel):
                 self, key_mapping=self._checkpoint_conversion_mapping, add_legacy=False
             )
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """`nn.Module.load_state_dict` that also takes the names `save_pretrained` writes.
+    def checkpoint_key_renamer(self) -> Callable[[str], str]:
+        """On-disk key -> parameter name, as `from_pretrained` renames it on this transformers line.
 
-        `save_pretrained` writes llava weights under the legacy llava names (`language_model.model.*`,
-        `vision_tower.vision_model.*`, ...: the load renames reversed) so that older readers load them. `Trainer` restores checkpoints with `load_state_dict(strict=False)`, which would silently
-        skip every such key; mapping them here makes resume (and any direct load) restore every weight.
+        transformers >= 5: our `_checkpoint_conversion_mapping` plus the towers' own renames (5.x's CLIP
+        has no `vision_model.` level in memory). 4.57: the mapping alone, first match wins, as 4.57 does.
         """
         mapping = getattr(self, "_checkpoint_conversion_mapping", None) or {}
-        try:  # transformers >= 5: the renames from_pretrained applies (ours, and the towers' own)
+        try:
             from transformers.conversion_mapping import get_model_conversion_mapping
             from transformers.core_model_loading import WeightRenaming, apply_renamings
-        except ImportError:  # transformers 4.57: the class's mapping, first match wins
+        except ImportError:  # transformers 4.57
             def rename(key: str) -> str:
                 for pattern, replacement in mapping.items():
                     key, hits = re.subn(pattern, replacement, key)
                     if hits:
                         break
                 return key
-        else:
-            renamings = [c for c in get_model_conversion_mapping(self, key_mapping=mapping or None)
-                         if isinstance(c, WeightRenaming)]
 
-            def rename(key: str) -> str:
-                return apply_renamings(key, renamings)
+            return rename
+        renamings = [c for c in get_model_conversion_mapping(self, key_mapping=mapping or None)
+                     if isinstance(c, WeightRenaming)]
+        return lambda key: apply_renamings(key, renamings)
+
+    def saved_key_names(self) -> dict[str, str]:
+        """Parameter / buffer name -> the key `save_pretrained` writes it under (transformers 4.57's llava
+        layout on both lines: `language_model.model.*`, `vision_tower.vision_model.*`, ...)."""
+        names = list(self.state_dict())
+        try:
+            from transformers.core_model_loading import revert_weight_conversion
+        except ImportError:  # transformers 4.57 reverses `_checkpoint_conversion_mapping` on save, first match wins
+            reverse = [(new.lstrip("^"), old.lstrip("^")) for old, new in self._checkpoint_conversion_mapping.items()]
+
+            def saved(name: str) -> str:
+                for new, old in reverse:
+                    if name.startswith(new):
+                        return old + name[len(new):]
+                return name
+
+            return {name: saved(name) for name in names}
+        self._keep_saved_key_names()
+        # The same reversal `save_pretrained` applies to its state dict, key by key (renames only, no tensor math).
+        return {name: next(iter(revert_weight_conversion(self, {name: torch.empty(0)}))) for name in names}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict` that also takes the names `save_pretrained` writes.
+
+        `save_pretrained` writes llava weights under the legacy llava names (`language_model.model.*`,
+        `vision_tower.vision_model.*`, ...: the load renames reversed) so that older readers load them.
+        `Trainer` restores checkpoints with `load_state_dict(strict=False)`, which would silently skip every
+        such key; renaming them as `from_pretrained` does makes resume (and any direct load) restore every weight.
+        """
+        rename = self.checkpoint_key_renamer()
         state_dict = {rename(key): value for key, value in state_dict.items()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -187,8 +251,18 @@ class LlavaModel(LlavaPreTrainedModel):
             raise ValueError(f"vision_feature_select_strategy={strategy!r}: expected 'default' or 'full'.")
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         pixel_values = pixel_values.to(self.vision_tower.dtype)
-        outputs = self.vision_tower(pixel_values, output_hidden_states=True, **kwargs)
         layers = [layer] if isinstance(layer, int) else layer
+        encoder = _tower_encoder(self.vision_tower)
+        if encoder is not None and not kwargs.get("output_attentions"):
+            # hidden_states holds the embeddings then each layer's output: num_layers + 1 entries
+            num_states = len(encoder.layers) + 1
+            if all(-num_states <= i < num_states for i in layers):
+                layers = [i % num_states for i in layers]
+            else:
+                encoder = None  # out of range: let the tower's own indexing raise
+        # at least one layer: with none, the towers return no hidden states at all (not even the embeddings)
+        with _first_layers(self.vision_tower, encoder, max(1, *layers) if encoder is not None else 0):
+            outputs = self.vision_tower(pixel_values, output_hidden_states=True, **kwargs)
         # each (num_images, 1 + num_patches, vision_hidden) for CLIP; CLS first
         selected = [outputs.hidden_states[i] for i in layers]
         if strategy == "default":

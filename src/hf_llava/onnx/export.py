@@ -143,6 +143,9 @@ def _copy_side_files(model_source: Path, out_dir: Path, model, processor, proces
         shutil.copy2(path, out_dir / path.name)
     if separate:
         processor.save_pretrained(out_dir)
+    if not (out_dir / "preprocessor_config.json").is_file():
+        # transformers.js reads the image processor from its own file; transformers 5 nests it in processor_config.json
+        processor.image_processor.save_pretrained(out_dir)
     if not (out_dir / "generation_config.json").is_file():
         model.generation_config.save_pretrained(out_dir)
     # The folder holds no PyTorch weights; `ORTLlavaForConditionalGeneration` reads it back with hf-llava's

@@ -39,6 +39,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .._compat import complete_generation_config
 from .._extras import require
 from .layout import DTYPES, EXPORT_INFO, GRAPH_NAMES, kv_shape, onnx_file, past_names, present_names
 
@@ -222,7 +223,15 @@ class ORTLlavaForConditionalGeneration:
     @staticmethod
     def _check_fields(config: GenerationConfig) -> None:
         """Refuse, by name, every field set away from its default that the loop would otherwise ignore."""
-        refused = {k: v for k, v in config.to_diff_dict().items() if k not in SUPPORTED_FIELDS | NO_EFFECT_FIELDS}
+        defaults = complete_generation_config(GenerationConfig()).to_dict()
+
+        def is_default(key: str, value) -> bool:
+            # None, False and 0 all mean "off" (5.x leaves unset fields None where 4.57 has False or 0)
+            default = defaults.get(key)
+            return value == default or (value in (None, False) and default in (None, False))
+
+        refused = {k: v for k, v in config.to_dict().items()
+                   if k not in SUPPORTED_FIELDS | NO_EFFECT_FIELDS and not is_default(k, v)}
         if refused:
             listed = ", ".join(f"{k}={v!r}" for k, v in sorted(refused.items()))
             raise ValueError(
@@ -288,6 +297,7 @@ class ORTLlavaForConditionalGeneration:
         unused = config.update(**{k: v for k, v in kwargs.items() if k not in ("image_sizes", "token_type_ids")})
         if unused:
             raise TypeError(f"generate() got unknown arguments {sorted(unused)}; expected GenerationConfig fields.")
+        complete_generation_config(config, self.generation_config)  # unset fields as transformers' generate fills them
         ids = torch.as_tensor(_numpy(input_ids), dtype=torch.long)
         if attention_mask is None:
             mask = np.ones(tuple(ids.shape), np.int64)

@@ -21,18 +21,67 @@ from .image_loading import load_images
 
 
 def strip_json_fields(paths, fields: tuple[str, ...]) -> None:
-    """Remove top-level `fields` from each existing JSON file in `paths` (rewritten only if it had one)."""
+    """Remove `fields` from each existing JSON file in `paths`, at the top level and in the parts nested one level
+    down (transformers 5's `processor_config.json` holds each part's config); rewritten only if it had one."""
     for path in paths:
         if not os.path.isfile(path):
             continue
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        if isinstance(data, dict) and any(field in data for field in fields):
-            for field in fields:
-                data.pop(field, None)
+        if not isinstance(data, dict):
+            continue
+        holders = [data] + [value for value in data.values() if isinstance(value, dict)]
+        if any(field in holder for holder in holders for field in fields):
+            for holder in holders:
+                for field in fields:
+                    holder.pop(field, None)
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
                 f.write("\n")
+
+
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _write_json(path, data) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
+        f.write("\n")
+
+
+def write_portable_processor_files(save_directory) -> None:
+    """Rewrite the processor files of `save_directory` in the layout transformers 4.57 writes, which 5.x reads too.
+
+    transformers >= 5 (feature-detected by what it wrote) nests the image processor in `processor_config.json`
+    (4.57: `preprocessor_config.json`), names the tokenizer class `TokenizersBackend` (4.57:
+    `PreTrainedTokenizerFast`, which 5.x maps to the same class), writes `extra_special_tokens` as a list
+    (4.57: `additional_special_tokens`; its `extra_special_tokens` is a dict) and saves load options
+    (`backend`, `is_local`, `local_files_only`). A folder written by either line then loads in both.
+    """
+    processor_path = os.path.join(save_directory, "processor_config.json")
+    if os.path.isfile(processor_path):
+        data = _read_json(processor_path)
+        if isinstance(data.get("image_processor"), dict):
+            _write_json(os.path.join(save_directory, "preprocessor_config.json"), data.pop("image_processor"))
+            _write_json(processor_path, data)
+    tokenizer_path = os.path.join(save_directory, "tokenizer_config.json")
+    if os.path.isfile(tokenizer_path):
+        data = _read_json(tokenizer_path)
+        changed = dict(data)
+        if changed.get("tokenizer_class") == "TokenizersBackend":
+            changed["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if isinstance(changed.get("extra_special_tokens"), list):
+            extra = changed.pop("extra_special_tokens")
+            if extra:
+                changed["additional_special_tokens"] = extra
+        if changed.get("backend") == "tokenizers":
+            changed.pop("backend")
+        for load_option in ("is_local", "local_files_only"):
+            changed.pop(load_option, None)
+        if changed != data:
+            _write_json(tokenizer_path, changed)
 
 
 # transformers >= 5 picks image processors by backend ("pil" / "torchvision", replacing `use_fast`) and finds
@@ -151,6 +200,8 @@ class LlavaProcessor(ProcessorMixin):
         """
         if images is None and text is None:
             raise ValueError("LlavaProcessor needs `images`, `text` or both.")
+        # `apply_chat_template(..., tokenize=True)` passes its template variables on to this call (4.57)
+        kwargs.pop("image_token", None)
         truncation = kwargs.pop("truncation", None)
         max_length = kwargs.pop("max_length", None)
         if truncation and max_length is None and self.tokenizer.model_max_length < 1e8:
@@ -258,17 +309,23 @@ class LlavaProcessor(ProcessorMixin):
         return list(dict.fromkeys(self.tokenizer.model_input_names + self.image_processor.model_input_names))
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """As transformers, with the PIL/numpy image processor unless `use_fast=True` is asked for.
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """The two parts, by their Auto classes: the PIL/numpy image processor unless another is asked for
+        (`backend=` on 5.x, `use_fast=` on 4.57), and the tokenizer without that option.
 
-        The torchvision-backed fast processors differ slightly in output and need torchvision; saying
-        which one is used (instead of transformers' notice on every load) keeps loading quiet.
+        The torchvision-backed processors differ slightly in output and need torchvision; naming the choice
+        also keeps transformers' notice off every load. The tokenizer must not see it: 4.57's `use_fast=False`
+        would pick a slow tokenizer, and 5.x's tokenizers take `backend` as their own (and save it).
         """
-        if _HAS_BACKENDS:
-            kwargs.setdefault("backend", "pil")
-        else:
-            kwargs.setdefault("use_fast", False)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        option, pil = ("backend", "pil") if _HAS_BACKENDS else ("use_fast", False)
+        image_kwargs = {option: pil, **kwargs}
+        kwargs.pop(option, None)
+        return [
+            AutoImageProcessor.from_pretrained(pretrained_model_name_or_path, **image_kwargs),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
+        ]
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """Save as transformers does, minus the `processor_class` fields.
@@ -279,6 +336,7 @@ class LlavaProcessor(ProcessorMixin):
         if push_to_hub:
             raise ValueError("Use `processor.push_to_hub(repo_id)` or `hf_llava.push_to_hub(...)` to upload.")
         files = super().save_pretrained(save_directory, **kwargs)
+        write_portable_processor_files(save_directory)
         names = ("tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
         strip_json_fields([os.path.join(save_directory, name) for name in names], ("processor_class",))
         for attribute in (self.tokenizer, self.image_processor):
