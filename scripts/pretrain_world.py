@@ -1,0 +1,273 @@
+"""Pretrain the demo world's components, as LLaVA starts from pretrained CLIP and Vicuna.
+
+Writes, by default into the package (`src/hf_llava/world/pretrained/`):
+  vision_tower/    a CLIPVisionModel + CLIPImageProcessor: the vision half of a small CLIP trained
+                   contrastively on world pictures and their captions (its text half is dropped);
+  language_model/  a LlamaForCausalLM + tokenizer: a byte-level BPE tokenizer trained on the world's text
+                   (captions, descriptions, questions, the chat prompt), and an LM trained on short pages
+                   about pictures: descriptions, then questions answered in sentences (it has never seen
+                   a picture, the chat format or a one-word answer).
+Seeded and deterministic on a given machine and torch build. Measured on 2 CPU cores shared with other work:
+the vision tower 3 minutes, the LM 16 minutes (`--parts` re-trains one; `--help` for the sizes). Run from
+the repository root:
+
+    python scripts/pretrain_world.py            # replaces the shipped components
+    python scripts/pretrain_world.py --output /tmp/parts
+"""
+
+import argparse
+import dataclasses
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
+from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedTokenizerFast)
+
+from hf_llava.processing.chat_templates import VICUNA_SYSTEM
+from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, pretrained_root
+from hf_llava.world.questions import QUESTION_TYPES, ask
+from hf_llava.world.scenes import COLOURS, QUADRANTS, SHAPES, Scene, captions, draw, make_scenes, quadrant_of
+from hf_llava.world.teacher import write_detail
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # OpenAI CLIP's normalisation, as the real towers use
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+SPLIT = "pretrain"  # scene ids of their own: never the demo's training or test scenes
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--output", default=str(pretrained_root()), help="folder for vision_tower/ and language_model/")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the scenes, the initialisation and the batches")
+    parser.add_argument("--scenes", type=int, default=12000, help="world pictures and caption sets to train on")
+    parser.add_argument("--image-size", type=int, default=32, help="the vision tower's input size (pixels)")
+    parser.add_argument("--patch-size", type=int, default=16,
+                        help="ViT patch size: (image/patch)^2 visual tokens (32/16: one per quadrant)")
+    parser.add_argument("--vision-hidden", type=int, default=96, help="vision tower width")
+    parser.add_argument("--vision-layers", type=int, default=3, help="vision tower depth")
+    parser.add_argument("--clip-steps", type=int, default=1500, help="contrastive training steps")
+    parser.add_argument("--clip-batch", type=int, default=128, help="pictures per contrastive batch")
+    parser.add_argument("--vocab-size", type=int, default=640, help="tokenizer vocabulary (256 bytes + merges)")
+    parser.add_argument("--lm-hidden", type=int, default=128, help="LM width")
+    parser.add_argument("--lm-layers", type=int, default=3, help="LM depth")
+    parser.add_argument("--lm-steps", type=int, default=3000, help="LM training steps")
+    parser.add_argument("--lm-batch", type=int, default=16, help="documents per LM batch")
+    parser.add_argument("--parts", nargs="+", choices=(VISION_TOWER, LANGUAGE_MODEL),
+                        default=[VISION_TOWER, LANGUAGE_MODEL], help="which components to (re)train")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return parser.parse_args(argv)
+
+
+def world_text(scenes, seed: int) -> tuple[list[str], list[str]]:
+    """`(documents, extra)`: the LM's text and what the tokenizer must also cover (the chat prompt, LLaVA-1.5's
+    short-answer instruction). A document reads like a short page about one picture: a full description of it
+    (a caption that places every shape, or the detailed description), a shorter caption, then three questions
+    about it answered in sentences; so the LM learns to answer from what the text before says, as Vicuna
+    answers from its context (it never sees the chat format or a one-word answer)."""
+    documents, extra = [], [VICUNA_SYSTEM, "USER: ASSISTANT:"]
+    for scene in scenes:
+        rng = random.Random(f"{seed}:{scene.id}")
+        lines = captions(scene, rng)
+        full = rng.choice([lines[0], lines[2], write_detail(lines, list(scene.shapes), rng)])
+        qas = [qa for kind in rng.sample(QUESTION_TYPES, len(QUESTION_TYPES)) if (qa := ask(scene.shapes, kind, rng))]
+        documents.append(" ".join([full, rng.choice([lines[1], lines[3]])]
+                                  + [f"Question: {qa.question} Answer: {qa.sentence}" for qa in qas[:3]]))
+        extra.append(" ".join(f"{qa.short_prompt()} {qa.answer}" for qa in qas[:1]))
+    return documents, extra
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with Llama's special tokens (`<unk>` 0, `<s>` 1, `</s>` 2) and two reserved ones, `<pad>` 3
+    and `<image>` 4 (as llava-hf's tokenizers carry them, so LLaVA needs no new embedding rows); `<s>` starts
+    every text."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", additional_special_tokens=["<image>"],
+                                   model_max_length=512, model_input_names=["input_ids", "attention_mask"])
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _train(model, batches, steps: int, lr: float, desc: str) -> list[float]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, steps, steps // 20))
+    losses = []
+    model.train()
+    with tqdm(range(steps), desc=desc) as bar:
+        for _ in bar:
+            loss = model(**next(batches)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return losses
+
+
+class _Clip(torch.nn.Module):
+    """CLIP's symmetric contrastive loss, with the picture pooled as the mean of its patch tokens (SigLIP pools
+    the patches too, by attention) rather than from the class token: each patch token must then carry what is
+    in its quadrant and where, which is what LLaVA reads (the patch tokens of a hidden layer)."""
+
+    def __init__(self, clip: CLIPModel):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, pixel_values, input_ids, attention_mask):
+        clip = self.clip
+        patches = clip.vision_model(pixel_values=pixel_values).last_hidden_state[:, 1:]
+        image = clip.visual_projection(clip.vision_model.post_layernorm(patches.mean(1)))
+        text = clip.text_projection(clip.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        logits = clip.logit_scale.exp() * text @ image.T
+        targets = torch.arange(len(logits))
+        loss = (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+        return type("ClipOutput", (), {"loss": loss})()
+
+
+def near_miss(scene: Scene, rng: random.Random) -> Scene:
+    """The scene mirrored (left-right or top-bottom: every shape changes place), or with one shape's kind (or
+    colour) changed: a hard negative, so that the tower must see places and shapes (in a batch of random
+    scenes, colours alone mostly tell the captions apart)."""
+    if rng.random() < 0.5:
+        axis = rng.randrange(2)  # 0: x, 1: y
+        shapes = []
+        for shape in scene.shapes:
+            box = list(shape.bbox)
+            box[axis], box[axis + 2] = round(1 - box[axis + 2], 3), round(1 - box[axis], 3)
+            shapes.append(dataclasses.replace(shape, bbox=tuple(box), quadrant=quadrant_of(box)))
+        shapes.sort(key=lambda s: QUADRANTS.index(s.quadrant))
+        return dataclasses.replace(scene, id=f"{scene.id}-mirror", shapes=tuple(shapes))
+    k = rng.randrange(len(scene.shapes))
+    shape = scene.shapes[k]
+    if rng.random() < 0.75:
+        shape = dataclasses.replace(shape, kind=rng.choice([s for s in SHAPES if s != shape.kind]))
+    else:
+        shape = dataclasses.replace(shape, colour=rng.choice([c for c in COLOURS if c != shape.colour]))
+    return dataclasses.replace(scene, id=f"{scene.id}-miss", shapes=scene.shapes[:k] + (shape,) + scene.shapes[k + 1:])
+
+
+def pretrain_vision(scenes, tokenizer, args, rng: random.Random) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
+    size = args.image_size
+    image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                         image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    half = len(scenes) // 2  # scene i of the second half is a near miss of scene i of the first
+    scenes = scenes[:half] + [near_miss(s, rng) for s in scenes[:half]]
+    pixels = torch.cat([image_processor([draw(s) for s in scenes[i:i + 512]], return_tensors="pt")["pixel_values"]
+                        for i in range(0, len(scenes), 512)])  # (N, 3, size, size)
+    # The text tower reads the LM tokenizer's ids and ends every caption with one id of its own (CLIP pools there).
+    end_id = len(tokenizer)
+    texts = [[captions(s, random.Random(f"{args.seed}:{s.id}"))[k] for k in (0, 2)] for s in scenes]
+    encoded = [[tokenizer(t, add_special_tokens=False)["input_ids"] + [end_id] for t in pair] for pair in texts]
+    max_len = max(len(ids) for pair in encoded for ids in pair)
+    config = CLIPConfig(
+        vision_config=dict(image_size=size, patch_size=args.patch_size, hidden_size=args.vision_hidden,
+                           intermediate_size=4 * args.vision_hidden, num_hidden_layers=args.vision_layers,
+                           num_attention_heads=4),
+        text_config=dict(vocab_size=end_id + 1, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=max_len, eos_token_id=end_id,
+                         pad_token_id=end_id, bos_token_id=tokenizer.bos_token_id),
+        projection_dim=64,
+    )
+    clip = CLIPModel(config)
+
+    def batches():
+        while True:
+            first = rng.sample(range(half), args.clip_batch // 2)
+            idx = first + [i + half for i in first]  # every scene with its near miss
+            ids = torch.full((len(idx), max_len), end_id)
+            mask = torch.zeros((len(idx), max_len), dtype=torch.long)
+            for row, i in enumerate(idx):
+                caption = encoded[i][rng.randrange(2)]
+                ids[row, :len(caption)] = torch.tensor(caption)
+                mask[row, :len(caption)] = 1
+            yield {"pixel_values": pixels[idx], "input_ids": ids, "attention_mask": mask}
+
+    _train(_Clip(clip), batches(), args.clip_steps, 2e-3, "CLIP (contrastive)")
+    tower = CLIPVisionModel(config.vision_config)
+    # transformers 4.57 nests the tower's modules under `vision_model`; 5.x's CLIPVisionModel holds them itself
+    getattr(tower, "vision_model", tower).load_state_dict(clip.vision_model.state_dict())
+    return tower, image_processor
+
+
+def pretrain_language(documents: list[str], tokenizer, args, rng: random.Random) -> LlamaForCausalLM:
+    encoded = [tokenizer(d)["input_ids"] + [tokenizer.eos_token_id] for d in documents]
+    max_len = max(len(ids) for ids in encoded)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=args.lm_hidden, intermediate_size=4 * args.lm_hidden,
+                         num_hidden_layers=args.lm_layers, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+
+    def batches():
+        while True:
+            rows = [encoded[i] for i in rng.sample(range(len(encoded)), args.lm_batch)]
+            width = max(len(r) for r in rows)
+            ids = torch.zeros((len(rows), width), dtype=torch.long)
+            labels = torch.full((len(rows), width), -100)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for k, r in enumerate(rows):
+                ids[k, :len(r)] = labels[k, :len(r)] = torch.tensor(r)
+                mask[k, :len(r)] = 1
+            yield {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    print(f"LM documents: {len(encoded)}, longest {max_len} tokens")
+    _train(model, batches(), args.lm_steps, 3e-3, "LM (next token)")
+    return model
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    scenes = make_scenes(args.scenes, args.seed, SPLIT)
+    documents, extra = world_text(scenes, args.seed)
+    tokenizer = train_tokenizer(documents + extra, args.vocab_size)
+    print(f"tokenizer: {len(tokenizer)} tokens; the chat system prompt is "
+          f"{len(tokenizer(VICUNA_SYSTEM)['input_ids'])} tokens")
+    output = Path(args.output)
+    for part in args.parts:  # each part seeded on its own, so either can be re-run alone
+        torch.manual_seed(args.seed)
+        if part == VISION_TOWER:
+            pieces = pretrain_vision(scenes, tokenizer, args, random.Random(f"{args.seed}:{VISION_TOWER}"))
+        else:
+            pieces = (pretrain_language(documents, tokenizer, args, random.Random(args.seed)), tokenizer)
+        # written beside the old folder, then swapped in: an interrupted run never leaves half a part
+        staging = output / f".{part}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        for piece in pieces:
+            piece.save_pretrained(staging)
+        shutil.rmtree(output / part, ignore_errors=True)
+        staging.rename(output / part)
+    size = sum(f.stat().st_size for f in output.rglob("*.safetensors")) / 2**20
+    print(f"wrote {output} ({size:.1f} MB of safetensors) in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

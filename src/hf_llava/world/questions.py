@@ -1,0 +1,126 @@
+"""Questions about a scene, each with its one right answer and its `type`: the VQA set the demo evaluates on.
+
+`ask(shapes, kind, rng)` writes one question of a type about a list of shapes (a referent is always named
+so that exactly one shape fits it: "the circle" only when there is one circle, else "the shape in the top
+left"). The evaluation set (`make_questions`) and the offline teacher's conversations both use it: the
+teacher on the shapes it reads from the prompt text, the evaluation on held-out scenes.
+Short answers are canonical words (`red`, `circle`, `3`, `top left`, `yes`), asked for with LLaVA-1.5's
+short-answer instruction, as `hf_llava.eval`'s VQA evaluator asks them; `QA.sentence` is the same answer as
+a sentence.
+"""
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..eval.vqa import vqa_prompt
+from .scenes import COLOURS, MAX_SHAPES, QUADRANTS, SHAPES, Scene, Shape, count_phrase, with_article
+
+QUESTION_TYPES = ("colour", "shape", "count", "position", "yes/no")
+ANSWERS = {  # every answer a question of each type can have
+    "colour": tuple(COLOURS), "shape": SHAPES, "count": tuple(str(n) for n in range(1, MAX_SHAPES + 1)),
+    "position": QUADRANTS, "yes/no": ("yes", "no"),
+}
+
+
+@dataclass(frozen=True)
+class QA:
+    type: str
+    question: str
+    answer: str  # the canonical short answer
+    sentence: str  # the answer as a sentence
+
+    def short_prompt(self) -> str:
+        """The question with the short-answer instruction, as the VQA evaluator words it."""
+        return vqa_prompt(self.question)
+
+
+def _referents(shapes: Sequence[Shape], shape: Shape, by: tuple) -> list[str]:
+    """Names that single out `shape` among `shapes`, tried in order `by` (kind, colour, name, quadrant)."""
+    names = []
+    for key in by:
+        if key == "quadrant":
+            names.append(f"the shape in the {shape.quadrant}")
+        elif sum(getattr(s, key) == getattr(shape, key) for s in shapes) == 1:
+            names.append({"kind": f"the {shape.kind}", "colour": f"the {shape.colour} shape",
+                          "name": f"the {shape.name}"}[key])
+    return names
+
+
+def ask(shapes: Sequence[Shape], kind: str, rng: random.Random) -> Optional[QA]:
+    """One `kind` question about `shapes` (None when they support none, e.g. `colour` with no shape)."""
+    if not shapes:
+        return None
+    shape = rng.choice(list(shapes))
+    if kind == "colour":
+        ref = rng.choice(_referents(shapes, shape, ("kind", "quadrant")))
+        question = rng.choice([f"What colour is {ref}?", f"What is the colour of {ref}?"])
+        return QA(kind, question, shape.colour, f"{ref.capitalize()} is {shape.colour}.")
+    if kind == "shape":
+        ref = rng.choice(_referents(shapes, shape, ("colour", "quadrant")))
+        question = rng.choice([f"What shape is {ref}?", f"Which shape is {ref}?"])
+        return QA(kind, question, shape.kind, f"{ref.capitalize()} is {with_article(shape.kind)}.")
+    if kind == "count":
+        question = rng.choice(["How many shapes are there?", "How many shapes are in the picture?"])
+        n = len(shapes)
+        return QA(kind, question, str(n), f"There {'is' if n == 1 else 'are'} {count_phrase(n)}.")
+    if kind == "position":
+        named = [(s, n) for s in shapes if (n := _referents(shapes, s, ("name", "kind", "colour")))]
+        if not named:  # e.g. two red circles and nothing else
+            return None
+        shape, names = rng.choice(named)
+        ref = rng.choice(names)
+        question = rng.choice([f"Where is {ref}?", f"In which part of the picture is {ref}?"])
+        return QA(kind, question, shape.quadrant, f"{ref.capitalize()} is in the {shape.quadrant}.")
+    if kind == "yes/no":
+        return _yes_no(shapes, shape, rng)
+    raise ValueError(f"kind={kind!r}: expected one of {', '.join(QUESTION_TYPES)}.")
+
+
+def _yes_no(shapes: Sequence[Shape], shape: Shape, rng: random.Random) -> QA:
+    """Half the time a shape that is there, else a near miss: its colour with another kind, or the reverse."""
+    present = {s.name for s in shapes}
+    if rng.random() < 0.5:
+        colour, kind = shape.colour, shape.kind
+    else:
+        misses = [(c, shape.kind) for c in COLOURS if f"{c} {shape.kind}" not in present]
+        misses += [(shape.colour, k) for k in SHAPES if f"{shape.colour} {k}" not in present]
+        colour, kind = rng.choice(misses)
+    thing = with_article(f"{colour} {kind}")
+    question = rng.choice([f"Is there {thing}?", f"Is there {thing} in the picture?"])
+    if f"{colour} {kind}" in present:
+        where = next(s.quadrant for s in shapes if s.name == f"{colour} {kind}")
+        return QA("yes/no", question, "yes", f"Yes, there is {thing} in the {where}.")
+    return QA("yes/no", question, "no", f"No, there is no {colour} {kind} in the picture.")
+
+
+def make_questions(scenes: Sequence[Scene], seed: int, images: dict) -> list[dict]:
+    """One question of each type per scene (a type the scene cannot support is skipped), without the
+    short-answer instruction (the evaluator adds it). Returns `[{"question_id", "image", "question", "answer", "type"}]`; `images` maps scene id -> image path.
+    """
+    rows = []
+    for scene in scenes:
+        rng = random.Random(f"questions:{seed}:{scene.id}")
+        for kind in QUESTION_TYPES:
+            qa = ask(scene.shapes, kind, rng)
+            if qa is not None:
+                rows.append({"question_id": f"{scene.id}-{len(rows)}", "image": images[scene.id],
+                             "question": qa.question, "answer": qa.answer, "type": kind})
+    return rows
+
+
+def chance_accuracy(questions: Sequence[dict]) -> float:
+    """The expected accuracy of guessing uniformly among each question type's possible answers."""
+    return sum(1 / len(ANSWERS[q["type"]]) for q in questions) / max(1, len(questions))
+
+
+def majority_accuracy(questions: Sequence[dict]) -> float:
+    """What a blind guesser that knows each type's most common answer (in `questions`) scores."""
+    by_type: dict[str, Counter] = {}
+    for q in questions:
+        by_type.setdefault(q["type"], Counter())[q["answer"]] += 1
+    return sum(c.most_common(1)[0][1] for c in by_type.values()) / max(1, len(questions))
+
+
+__all__ = ["ANSWERS", "QA", "QUESTION_TYPES", "ask", "chance_accuracy", "majority_accuracy", "make_questions"]

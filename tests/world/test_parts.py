@@ -1,0 +1,67 @@
+"""The shipped pretrained components: standard transformers folders, a few MB, reproducible by the script."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel,
+                          LlamaForCausalLM)
+
+from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, language_model_path, pretrained_root, vision_tower_path
+from hf_llava.world.scenes import SHAPES, draw, make_scenes
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_world.py"
+
+
+def test_the_vision_tower_loads_with_the_auto_classes_and_sees_a_picture():
+    model = AutoModel.from_pretrained(vision_tower_path()).eval()
+    assert isinstance(model, CLIPVisionModel)
+    image_processor = AutoImageProcessor.from_pretrained(vision_tower_path())
+    pixels = image_processor(draw(make_scenes(1, 0, "parts")[0]), return_tensors="pt")["pixel_values"]
+    config = model.config
+    with torch.no_grad():
+        hidden = model(pixel_values=pixels).last_hidden_state
+    assert hidden.shape == (1, (config.image_size // config.patch_size) ** 2 + 1, config.hidden_size)
+
+
+def test_the_language_model_loads_with_the_auto_classes_and_knows_the_worlds_text():
+    tokenizer = AutoTokenizer.from_pretrained(language_model_path())
+    model = AutoModelForCausalLM.from_pretrained(language_model_path()).eval()
+    assert isinstance(model, LlamaForCausalLM)
+    caption = "A large red circle in the top left and a small blue square in the bottom right."
+    scrambled = "Left the circle small and in bottom a right red square large top blue the a in."
+
+    def loss(text: str) -> float:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            return model(input_ids=ids, labels=ids).loss.item()
+
+    assert loss(caption) < loss(scrambled) / 2
+    ids = tokenizer("A small green", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        continuation = tokenizer.decode(model.generate(ids, max_new_tokens=2, do_sample=False)[0, ids.shape[1]:])
+    assert continuation.split()[0] in SHAPES
+
+
+def test_the_shipped_weights_are_a_few_megabytes():
+    files = list(pretrained_root().rglob("*.safetensors"))
+    assert {f.parent.name for f in files} == {VISION_TOWER, LANGUAGE_MODEL}
+    assert sum(f.stat().st_size for f in files) < 8 * 2**20
+
+
+@pytest.mark.slow
+def test_the_pretraining_script_reproduces_components_that_load_with_the_auto_classes(tmp_path):
+    tiny = ["--scenes", "64", "--clip-steps", "3", "--clip-batch", "16", "--lm-steps", "3", "--lm-batch", "4",
+            "--vocab-size", "320", "--threads", "1"]
+    for run in ("a", "b"):
+        subprocess.run([sys.executable, str(SCRIPT), "--output", str(tmp_path / run), *tiny], check=True,
+                       capture_output=True, timeout=300)
+    for part in (VISION_TOWER, LANGUAGE_MODEL):
+        first, second = (tmp_path / run / part / "model.safetensors" for run in ("a", "b"))
+        assert first.read_bytes() == second.read_bytes()  # same seed, same weights
+    assert isinstance(AutoModel.from_pretrained(tmp_path / "a" / VISION_TOWER), CLIPVisionModel)
+    AutoImageProcessor.from_pretrained(tmp_path / "a" / VISION_TOWER)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "a" / LANGUAGE_MODEL), LlamaForCausalLM)
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "a" / LANGUAGE_MODEL)) <= 320
