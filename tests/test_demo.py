@@ -20,6 +20,7 @@ def quick_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the fixture trains: ~3 minutes on 2 idle cores, more on a busy machine
 def test_the_quick_demo_writes_data_checkpoints_onnx_and_the_loss_chart(quick_run):
     output, _ = quick_run
     for path in ("world/train/scenes.jsonl", "world/test/questions.jsonl", "data/instruct.json", "data/captions.json",
@@ -34,6 +35,7 @@ def test_the_quick_demo_writes_data_checkpoints_onnx_and_the_loss_chart(quick_ru
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the fixture trains: ~3 minutes on 2 idle cores, more on a busy machine
 def test_the_report_shows_a_model_that_learned_to_see(quick_run):
     _, report = quick_run
     assert set(report["ablation"]) == set(ABLATIONS)
@@ -53,6 +55,7 @@ def test_the_report_shows_a_model_that_learned_to_see(quick_run):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the fixture trains: ~3 minutes on 2 idle cores, more on a busy machine
 def test_the_final_checkpoint_answers_through_the_auto_class_and_the_pipeline(quick_run):
     output, report = quick_run
     example = report["onnx"]
