@@ -20,26 +20,6 @@ from .image_loading import load_images
 
 
 
-def strip_json_fields(paths, fields: tuple[str, ...]) -> None:
-    """Remove `fields` from each existing JSON file in `paths`, at the top level and in the parts nested one level
-    down (transformers 5's `processor_config.json` holds each part's config); rewritten only if it had one."""
-    for path in paths:
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        if not isinstance(data, dict):
-            continue
-        holders = [data] + [value for value in data.values() if isinstance(value, dict)]
-        if any(field in holder for holder in holders for field in fields):
-            for holder in holders:
-                for field in fields:
-                    holder.pop(field, None)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
-                f.write("\n")
-
-
 def _read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -49,6 +29,23 @@ def _write_json(path, data) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, sort_keys=True, ensure_ascii=False)
         f.write("\n")
+
+
+def strip_json_fields(paths, fields: tuple[str, ...]) -> None:
+    """Remove `fields` from each existing JSON file in `paths`, at the top level and in the parts nested one level
+    down (transformers 5's `processor_config.json` holds each part's config); rewritten only if it had one."""
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            continue
+        holders = [data] + [value for value in data.values() if isinstance(value, dict)]
+        if any(field in holder for holder in holders for field in fields):
+            for holder in holders:
+                for field in fields:
+                    holder.pop(field, None)
+            _write_json(path, data)
 
 
 def write_portable_processor_files(save_directory) -> None:
