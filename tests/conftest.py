@@ -18,6 +18,18 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
+def cli_error():
+    """`cli_error(lines, command)` checks the shape every command's usage error shares: one or two lines on
+    stderr (never a traceback), the first starting `hf-llava COMMAND: error: `."""
+
+    def check(lines: list, command: str) -> None:
+        assert 1 <= len(lines) <= 2, lines  # one or two lines, never a traceback
+        assert lines[0].startswith(f"hf-llava {command}: error: "), lines
+
+    return check
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     """A byte-level BPE tokenizer trained with `tokenizers`, with `<s>`, `</s>`, `<pad>` and `<image>`."""
     return tiny.build_tokenizer()
