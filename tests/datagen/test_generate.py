@@ -62,7 +62,7 @@ def test_faults_are_retried_rejected_or_failed_counted_logged_and_never_written(
     markers = dict(enumerate(teacher_server.script))
     out = tmp_path / "data.json"
     with caplog.at_level(logging.WARNING):
-        assert _datagen(teacher_server, caps_jsonl(10, markers), out, "--types", "complex", "--timeout", "0.5") == 0
+        assert _datagen(teacher_server, caps_jsonl(10, markers), out, "--types", "complex", "--timeout", "2") == 0
     ids = [s["id"] for s in json.loads(out.read_text())]
     assert ids == ["img000_complex", "img001_complex", "img008_complex", "img009_complex"]
     stdout = capsys.readouterr().out

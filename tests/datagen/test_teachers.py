@@ -15,7 +15,7 @@ def _ask(caption: str) -> list[dict]:
 
 def test_retries_on_429_500_and_timeouts_are_counted_per_request(teacher_server):
     teacher_server.script = {"rate": ["429", "429"], "boom": ["500"], "slow": ["slow"]}
-    teacher = OpenAITeacher(teacher_server.url, "m", timeout=0.5, max_retries=3, concurrency=4)
+    teacher = OpenAITeacher(teacher_server.url, "m", timeout=2, max_retries=3, concurrency=4)
     assert isinstance(teacher, Teacher)
     replies = teacher.complete([_ask(f"A {word} cat.") for word in ("rate", "boom", "slow", "calm")])
     assert [r.ok for r in replies] == [True] * 4, [r.error for r in replies]
