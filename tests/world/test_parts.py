@@ -10,6 +10,8 @@ from transformers import (AutoImageProcessor, AutoModel, AutoModelForCausalLM, A
                           LlamaForCausalLM)
 
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, language_model_path, pretrained_root, vision_tower_path
+from hf_llava.world.probes import PROBE_SPLIT, context_qa
+from hf_llava.world.questions import QUESTION_TYPES
 from hf_llava.world.scenes import SHAPES, draw, make_scenes
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_world.py"
@@ -65,3 +67,15 @@ def test_the_pretraining_script_reproduces_components_that_load_with_the_auto_cl
     AutoImageProcessor.from_pretrained(tmp_path / "a" / VISION_TOWER)
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path / "a" / LANGUAGE_MODEL), LlamaForCausalLM)
     assert len(AutoTokenizer.from_pretrained(tmp_path / "a" / LANGUAGE_MODEL)) <= 320
+
+
+def test_the_language_model_answers_questions_about_the_caption_in_its_context():
+    tokenizer = AutoTokenizer.from_pretrained(language_model_path())
+    model = AutoModelForCausalLM.from_pretrained(language_model_path()).eval()
+    scenes = make_scenes(30, 0, PROBE_SPLIT)
+    read = context_qa(model, tokenizer, scenes)
+    assert read["questions"] >= 120 and set(read["per_type"]) == set(QUESTION_TYPES)
+    assert read["per_type"]["count"] >= 80  # the caption lists the shapes; the answer sentence counts them
+    # the same questions after another picture's caption: what the LM answers without the facts in its context
+    blind = context_qa(model, tokenizer, scenes, captions_of=scenes[1:] + scenes[:1])
+    assert read["accuracy"] >= blind["accuracy"] + 20, (read, blind)
