@@ -38,8 +38,8 @@ def context_qa(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 100,
         raise ValueError(f"captions_of has {len(shown)} scenes for {len(scenes)} scenes: expected one per scene.")
     items = []  # (type, prompt, reference sentence)
     for scene, other in zip(scenes, shown):
-        rng = random.Random(f"probe:{seed}:{scene.id}")
-        caption = captions(other, rng)[0]
+        rng = random.Random(f"probe:{seed}:{scene.id}")  # the questions depend only on the scene asked about
+        caption = captions(other, random.Random(f"probe-caption:{seed}:{other.id}"))[0]
         items += [(qa.type, context_qa_prompt(caption, qa.question), qa.sentence)
                   for kind in QUESTION_TYPES if (qa := ask(scene.shapes, kind, rng))]
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
