@@ -35,7 +35,7 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionM
 
 from hf_llava.processing.chat_templates import VICUNA_SYSTEM
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, pretrained_root
-from hf_llava.world.probes import PROBE_SPLIT, context_qa
+from hf_llava.world.probes import context_qa_with_control
 from hf_llava.world.questions import QUESTION_TYPES, ask
 from hf_llava.world.scenes import COLOURS, QUADRANTS, SHAPES, Scene, captions, draw, make_scenes, quadrant_of
 from hf_llava.world.teacher import write_detail
@@ -257,13 +257,10 @@ def main(argv=None) -> int:
             pieces = pretrain_vision(scenes, tokenizer, args, random.Random(f"{args.seed}:{VISION_TOWER}"))
         else:
             pieces = (pretrain_language(documents, tokenizer, args, random.Random(args.seed)), tokenizer)
-            scenes_read = make_scenes(100, args.seed, PROBE_SPLIT)
-            read = context_qa(pieces[0].eval(), tokenizer, scenes_read, seed=args.seed)
-            blind = context_qa(pieces[0], tokenizer, scenes_read, seed=args.seed,
-                               captions_of=scenes_read[1:] + scenes_read[:1])
+            read, control = context_qa_with_control(pieces[0].eval(), tokenizer, seed=args.seed)
             print(f"LM answers questions about the caption in its context: {read['accuracy']}% "
                   f"({', '.join(f'{k} {v}%' for k, v in read['per_type'].items())}); "
-                  f"after another picture's caption: {blind['accuracy']}%")
+                  f"after another picture's caption: {control['accuracy']}%")
         # written beside the old folder, then swapped in: an interrupted run never leaves half a part
         staging = output / f".{part}.tmp"
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,7 +10,7 @@ from transformers import (AutoImageProcessor, AutoModel, AutoModelForCausalLM, A
                           LlamaForCausalLM)
 
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, language_model_path, pretrained_root, vision_tower_path
-from hf_llava.world.probes import PROBE_SPLIT, context_qa
+from hf_llava.world.probes import PROBE_SPLIT, context_qa_with_control
 from hf_llava.world.questions import QUESTION_TYPES
 from hf_llava.world.scenes import SHAPES, draw, make_scenes
 
@@ -28,9 +28,15 @@ def test_the_vision_tower_loads_with_the_auto_classes_and_sees_a_picture():
     assert hidden.shape == (1, (config.image_size // config.patch_size) ** 2 + 1, config.hidden_size)
 
 
-def test_the_language_model_loads_with_the_auto_classes_and_knows_the_worlds_text():
-    tokenizer = AutoTokenizer.from_pretrained(language_model_path())
-    model = AutoModelForCausalLM.from_pretrained(language_model_path()).eval()
+@pytest.fixture(scope="module")
+def world_lm():
+    """The shipped LM and its tokenizer, loaded once with the Auto classes."""
+    return (AutoModelForCausalLM.from_pretrained(language_model_path()).eval(),
+            AutoTokenizer.from_pretrained(language_model_path()))
+
+
+def test_the_language_model_loads_with_the_auto_classes_and_knows_the_worlds_text(world_lm):
+    model, tokenizer = world_lm
     assert isinstance(model, LlamaForCausalLM)
     caption = "A large red circle in the top left and a small blue square in the bottom right."
     scrambled = "Left the circle small and in bottom a right red square large top blue the a in."
@@ -69,13 +75,9 @@ def test_the_pretraining_script_reproduces_components_that_load_with_the_auto_cl
     assert len(AutoTokenizer.from_pretrained(tmp_path / "a" / LANGUAGE_MODEL)) <= 320
 
 
-def test_the_language_model_answers_questions_about_the_caption_in_its_context():
-    tokenizer = AutoTokenizer.from_pretrained(language_model_path())
-    model = AutoModelForCausalLM.from_pretrained(language_model_path()).eval()
-    scenes = make_scenes(30, 0, PROBE_SPLIT)
-    read = context_qa(model, tokenizer, scenes)
+def test_the_language_model_answers_questions_about_the_caption_in_its_context(world_lm):
+    # blind: the same questions after another picture's caption (what the LM answers without the facts)
+    read, blind = context_qa_with_control(*world_lm, make_scenes(30, 0, PROBE_SPLIT))
     assert read["questions"] >= 120 and set(read["per_type"]) == set(QUESTION_TYPES)
     assert read["per_type"]["count"] >= 80  # the caption lists the shapes; the answer sentence counts them
-    # the same questions after another picture's caption: what the LM answers without the facts in its context
-    blind = context_qa(model, tokenizer, scenes, captions_of=scenes[1:] + scenes[:1])
     assert read["accuracy"] >= blind["accuracy"] + 20, (read, blind)

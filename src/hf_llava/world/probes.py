@@ -62,4 +62,14 @@ def context_qa(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 100,
             "per_type": {kind: round(100 * sum(rs) / len(rs), 1) for kind, rs in right.items()}}
 
 
-__all__ = ["PROBE_SPLIT", "context_qa", "context_qa_prompt"]
+def context_qa_with_control(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 100, seed: int = 0,
+                            batch_size: int = 32) -> tuple[dict, dict]:
+    """`(read, control)`: `context_qa` on `scenes`, then the same questions each after the next scene's caption."""
+    scenes = list(scenes) or make_scenes(count, seed, PROBE_SPLIT)
+    read = context_qa(model, tokenizer, scenes, seed=seed, batch_size=batch_size)
+    control = context_qa(model, tokenizer, scenes, seed=seed, batch_size=batch_size,
+                         captions_of=scenes[1:] + scenes[:1])
+    return read, control
+
+
+__all__ = ["PROBE_SPLIT", "context_qa", "context_qa_prompt", "context_qa_with_control"]
