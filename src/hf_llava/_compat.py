@@ -18,10 +18,14 @@ module stays the one catalogue:
   (`transformers.utils.output_capturing`); `modeling_llava._first_layers` installs them before it hides layers.
 - 5.0 image processors have backends (`backend="pil"`, replacing `use_fast=False`): `processing_llava` asks
   for the PIL one and keeps the option away from the tokenizer.
+- 5.25 renames the KV cache `past_key_values` -> `cache` (forward keyword and output field; the old name warns):
+  `modeling_llava.CACHE_NAME` is the installed line's name; its forwards take either and its outputs declare
+  that one. Code outside the copied files uses `CACHE_NAME` below.
 """
 
 import transformers
 from packaging.version import Version
+from transformers.modeling_outputs import BaseModelOutputWithPast
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 # 5.0 removed `AutoModelForVision2Seq`; `AutoModelForImageTextToText` is the name on both lines.
@@ -32,6 +36,10 @@ HAS_VISION2SEQ = hasattr(transformers, "AutoModelForVision2Seq")
 HAS_IMAGE_BACKENDS = hasattr(transformers, "LlavaImageProcessorPil")
 # How to ask `AutoImageProcessor.from_pretrained` for the PIL/numpy processor (torchvision is not a dependency).
 PIL_IMAGE_PROCESSOR_KWARGS = {"backend": "pil"} if HAS_IMAGE_BACKENDS else {"use_fast": False}
+
+
+# 5.25: the KV cache's keyword / output field (`past_key_values` before; the old name warns and is to go in 5.40).
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 # 5.0: `GenerationConfig()` leaves every field None ("unset") and `generate()` fills the unset ones from the
@@ -61,5 +69,5 @@ def auto_model_classes() -> list:
     return [getattr(transformers, name) for name in names]
 
 
-__all__ = ["GENERATION_DEFAULTS_ON_USE", "HAS_IMAGE_BACKENDS", "HAS_VISION2SEQ", "PIL_IMAGE_PROCESSOR_KWARGS",
+__all__ = ["CACHE_NAME", "GENERATION_DEFAULTS_ON_USE", "HAS_IMAGE_BACKENDS", "HAS_VISION2SEQ", "PIL_IMAGE_PROCESSOR_KWARGS",
            "TRANSFORMERS_VERSION", "auto_model_classes", "complete_generation_config", "pil_image_processor"]

@@ -124,3 +124,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, tiny_proce
 def test_sdpa_is_the_default_attention(tiny_model):
     assert tiny_model.config._attn_implementation == "sdpa"
     assert tiny_model.language_model.config._attn_implementation == "sdpa"
+
+
+def test_the_kv_cache_goes_in_under_either_name_and_comes_out_under_the_installed_lines(tiny_model, tiny_processor,
+                                                                                         images):
+    """transformers 5.25 renamed `past_key_values` to `cache`; both names feed a step that continues the prompt's
+    cache to the logits of the whole sequence, and the output field is the one this line's own models use."""
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    from hf_llava.modeling.modeling_llava import CACHE_NAME
+
+    assert CACHE_NAME in BaseModelOutputWithPast.__dataclass_fields__
+    inputs = tiny_processor(images=images[:1], text="USER: <image>\nWhat is it? ASSISTANT: a", return_tensors="pt")
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    with torch.no_grad():
+        whole = tiny_model(**inputs).logits[:, -1]
+        for name in ("cache", "past_key_values"):
+            prompt = tiny_model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                                pixel_values=inputs["pixel_values"], use_cache=True)
+            cache = getattr(prompt, CACHE_NAME)
+            assert cache is not None and cache.get_seq_length() == ids.shape[1] - 1
+            step = tiny_model(input_ids=ids[:, -1:], attention_mask=mask, use_cache=True, **{name: cache})
+            assert (step.logits[:, -1] - whole).abs().max().item() <= 1e-5, name
+        with pytest.raises(ValueError, match="Both `cache` and `past_key_values`"):
+            tiny_model(input_ids=ids[:, -1:], cache=cache, past_key_values=cache)

@@ -11,7 +11,7 @@ This file is copied next to saved checkpoints for `trust_remote_code` loading: r
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional, Union
 
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
 from transformers.utils import can_return_tuple
 
 from .configuration_llava import LlavaConfig, projector_depth
@@ -59,32 +59,38 @@ def _first_layers(tower: nn.Module, encoder: Optional[nn.Module], count: int) ->
         encoder.layers = layers
 
 
+# transformers 5.25 renamed the KV cache `past_key_values` -> `cache`, as a keyword of every forward and as the
+# field of every output (the old name warns, and is to go in 5.40); earlier lines know only `past_key_values`.
+# The name the installed line's outputs declare is the one passed to the LM and the one ours declare.
+CACHE_NAME = "cache" if "cache" in {field.name for field in fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+def _the_cache(past_key_values: Optional[Cache], cache: Optional[Cache]) -> Optional[Cache]:
+    """The KV cache passed under either name (`cache` from transformers 5.25 on, `past_key_values` before)."""
+    if past_key_values is not None and cache is not None:
+        raise ValueError("Both `cache` and `past_key_values` were given: pass the KV cache once, as `cache` "
+                         "(transformers >= 5.25) or `past_key_values` (earlier).")
+    return cache if cache is not None else past_key_values
+
+
 @dataclass
-class LlavaCausalLMOutputWithPast(ModelOutput):
+class LlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
     """Output of [`LlavaForConditionalGeneration`].
 
     loss: `(1,)` language-modeling loss where `labels != -100`.
     logits: `(batch, seq_len, vocab)`.
-    past_key_values: the KV cache.
+    past_key_values (`cache` from transformers 5.25 on): the KV cache.
     image_hidden_states: `(num_images, num_image_tokens, text_hidden_size)`, projected visual tokens.
     """
 
-    loss: Optional[torch.FloatTensor] = None
-    logits: Optional[torch.FloatTensor] = None
-    past_key_values: Optional[Cache] = None
-    hidden_states: Optional[tuple[torch.FloatTensor]] = None
-    attentions: Optional[tuple[torch.FloatTensor]] = None
     image_hidden_states: Optional[torch.FloatTensor] = None
 
 
 @dataclass
-class LlavaModelOutputWithPast(ModelOutput):
-    """Output of [`LlavaModel`]: the LM's last hidden state plus the projected visual tokens."""
+class LlavaModelOutputWithPast(BaseModelOutputWithPast):
+    """Output of [`LlavaModel`]: the LM's last hidden state (and KV cache, as the LM names it) plus the projected
+    visual tokens."""
 
-    last_hidden_state: Optional[torch.FloatTensor] = None
-    past_key_values: Optional[Cache] = None
-    hidden_states: Optional[tuple[torch.FloatTensor]] = None
-    attentions: Optional[tuple[torch.FloatTensor]] = None
     image_hidden_states: Optional[torch.FloatTensor] = None
 
 
@@ -122,7 +128,7 @@ class LlavaPreTrainedModel(PreTrainedModel):
     config: LlavaConfig
     base_model_prefix = ""
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = "past_key_values"
+    _skip_keys_device_placement = CACHE_NAME
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -326,8 +332,10 @@ class LlavaModel(LlavaPreTrainedModel):
         vision_feature_layer: Optional[Union[int, list[int]]] = None,
         vision_feature_select_strategy: Optional[str] = None,
         image_sizes: Optional[torch.Tensor] = None,
+        cache: Optional[Cache] = None,
         **kwargs,
     ) -> LlavaModelOutputWithPast:
+        past_key_values = _the_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -343,14 +351,14 @@ class LlavaModel(LlavaPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             return_dict=True,
+            **{CACHE_NAME: past_key_values},
             **kwargs,
         )
         return LlavaModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -429,9 +437,12 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         labels: Optional[torch.LongTensor] = None,
         logits_to_keep: Union[int, torch.Tensor] = 0,
         image_sizes: Optional[torch.Tensor] = None,
+        cache: Optional[Cache] = None,
         **kwargs,
     ) -> LlavaCausalLMOutputWithPast:
-        """Args as transformers' llava. `labels` `(B, T)`: -100 is ignored; the shift happens inside."""
+        """Args as transformers' llava. `labels` `(B, T)`: -100 is ignored; the shift happens inside. The KV cache
+        comes as `cache` (transformers >= 5.25's name) or `past_key_values` (earlier lines' name)."""
+        past_key_values = _the_cache(past_key_values, cache)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -455,7 +466,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         return LlavaCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
+from .._compat import CACHE_NAME
 from .layout import kv_shape, past_names, present_names
 
 
@@ -88,14 +89,14 @@ class Decoder(nn.Module):
             inputs_embeds=inputs_embeds,
             attention_mask=causal_mask_4d(attention_mask, query_length, inputs_embeds.dtype),
             position_ids=position_ids,
-            past_key_values=cache,
             cache_position=cache_position,
             use_cache=True,
             return_dict=True,
+            **{CACHE_NAME: cache},
         )
         logits = self.lm_head(outputs.last_hidden_state)
         present = []
-        for layer in outputs.past_key_values.layers:
+        for layer in getattr(outputs, CACHE_NAME).layers:
             present += [layer.keys, layer.values]
         return (logits, *present)
 
