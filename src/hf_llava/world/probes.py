@@ -1,21 +1,72 @@
-"""What the world's language model can do on its own, before LLaVA: answer questions about text it has just read.
+"""What the world's language model can do on its own, before LLaVA: answer questions about what it has just read.
 
 LLaVA relies on its LM (Vicuna) to answer from what is in its context; the visual tokens only have to stand in
 for a description of the picture. `context_qa` measures that skill on the world's LM: each held-out scene's first
 caption (which names every shape, its colour, size and place), then one question of each type in the LM's own
 pretraining format (`Question: ... Answer:`), answered greedily; an answer is right when its first sentence is
-the reference sentence (a yes/no sentence names the shape's place too). The demo's VQA accuracy after stage 2
-has stayed close to this number: a model that cannot read a fact from a caption in its context does not learn
-to read it from four visual tokens in a few hundred steps either.
+the reference sentence (a yes/no sentence names the shape's place too). An LM that cannot read a fact from a
+caption in its context does not learn to read it from four visual tokens in a few hundred steps either.
+
+`shorthand_qa` measures the same on a picture given in shorthand, the form in which the LM's pretraining also
+shows pictures: four input positions, one per quadrant in reading order, each holding the mean of the input
+embeddings of the words that say what is there (`quadrant_phrase`: "top left large red circle", "top right
+empty"). That is the interface LLaVA's projector would ideally learn to feed from the vision tower's four patch
+tokens in stage 1 (the demo's README section says how close it gets).
 """
 
 import random
 from typing import Optional, Sequence
 
 from .questions import QUESTION_TYPES, ask
-from .scenes import Scene, captions, make_scenes
+from .scenes import QUADRANTS, Scene, captions, make_scenes
 
 PROBE_SPLIT = "probe"  # scene ids of their own: never pretraining, demo training or test scenes
+SHORTHAND_ID = 4  # `<image>`'s id in the world tokenizer: where a shorthand picture's four vectors go
+
+
+def quadrant_phrase(scene: Scene, quadrant: str) -> str:
+    """What is in one quadrant, in words: "top left large red circle" or "top right empty"."""
+    shape = next((s for s in scene.shapes if s.quadrant == quadrant), None)
+    return f"{quadrant} {'empty' if shape is None else f'{shape.size} {shape.colour} {shape.kind}'}"
+
+
+def encode_shorthand(tokenizer, scene: Scene, text: str) -> tuple[list[int], list[list[int]]]:
+    """`(input_ids, phrase_ids)`: BOS, four `SHORTHAND_ID`s, then `text`; and each quadrant's phrase's token ids."""
+    ids = [tokenizer.bos_token_id] + [SHORTHAND_ID] * len(QUADRANTS)
+    ids += tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    return ids, [tokenizer(" " + quadrant_phrase(scene, q), add_special_tokens=False)["input_ids"] for q in QUADRANTS]
+
+
+def collate_shorthand(rows: Sequence[tuple[list[int], list[list[int]]]], pad_id: int, left: bool = False) -> dict:
+    """`input_ids`, `attention_mask` (padded right, or left) and the phrases' `phrase_ids` / `phrase_mask`
+    `(B, 4, L)` of rows from `encode_shorthand` (text rows have no phrases)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    phrase_len = max([len(p) for _, ps in rows for p in ps] or [1])
+    input_ids = torch.full((len(rows), width), pad_id)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    phrase_ids = torch.zeros((len(rows), len(QUADRANTS), phrase_len), dtype=torch.long)
+    phrase_mask = torch.zeros((len(rows), len(QUADRANTS), phrase_len))
+    for k, (ids, phrases) in enumerate(rows):
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[k, span] = torch.tensor(ids)
+        attention_mask[k, span] = 1
+        for j, p in enumerate(phrases):
+            phrase_ids[k, j, :len(p)] = torch.tensor(p)
+            phrase_mask[k, j, :len(p)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "phrase_ids": phrase_ids,
+            "phrase_mask": phrase_mask}
+
+
+def shorthand_embeds(model, input_ids, phrase_ids, phrase_mask):
+    """`model`'s input embeddings of `input_ids` with each `SHORTHAND_ID` replaced, in order, by the mean
+    embedding of the next phrase (the rows' phrases that have tokens)."""
+    table = model.get_input_embeddings()
+    embeds = table(input_ids)
+    slots = (table(phrase_ids) * phrase_mask[..., None]).sum(2) / phrase_mask.sum(2, keepdim=True).clamp(min=1)
+    where = (input_ids == SHORTHAND_ID)[..., None].expand_as(embeds)
+    return embeds.masked_scatter(where, slots[phrase_mask.any(-1)].to(embeds.dtype))
 
 
 def context_qa_prompt(caption: str, question: str) -> str:
@@ -57,9 +108,43 @@ def context_qa(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 100,
                 right.setdefault(kind, []).append(text.strip().split(".")[0] + "." == reference)
     finally:
         tokenizer.padding_side = side
+    return _scores(right)
+
+
+def _scores(right: dict) -> dict:
     every = [r for rs in right.values() for r in rs]
     return {"accuracy": round(100 * sum(every) / max(1, len(every)), 1), "questions": len(every),
             "per_type": {kind: round(100 * sum(rs) / len(rs), 1) for kind, rs in right.items()}}
+
+
+def shorthand_qa(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 100, seed: int = 0,
+                 batch_size: int = 64, pictures_of: Optional[Sequence[Scene]] = None) -> dict:
+    """Accuracy (percent) of `model` answering, greedily, one question of each type about each scene given in
+    shorthand (`Question: ... Answer:` after the four positions), overall and per type; right when the answer's
+    first sentence is the reference sentence. `scenes` defaults to `count` probe scenes; `pictures_of`: other
+    scenes, one per scene, shown instead (the control)."""
+    import torch
+
+    scenes = list(scenes) or make_scenes(count, seed, PROBE_SPLIT)
+    shown = scenes if pictures_of is None else list(pictures_of)
+    if len(shown) != len(scenes):
+        raise ValueError(f"pictures_of has {len(shown)} scenes for {len(scenes)} scenes: expected one per scene.")
+    items = []  # (type, encoded prompt, reference sentence)
+    for scene, other in zip(scenes, shown):
+        rng = random.Random(f"probe:{seed}:{scene.id}")
+        items += [(qa.type, encode_shorthand(tokenizer, other, f"Question: {qa.question} Answer:"), qa.sentence)
+                  for kind in QUESTION_TYPES if (qa := ask(scene.shapes, kind, rng))]
+    right: dict[str, list[bool]] = {}
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        inputs = collate_shorthand([row for _, row, _ in batch], tokenizer.pad_token_id, left=True)
+        with torch.inference_mode():
+            embeds = shorthand_embeds(model, inputs["input_ids"], inputs["phrase_ids"], inputs["phrase_mask"])
+            output = model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=16,
+                                    do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for (kind, _, reference), text in zip(batch, tokenizer.batch_decode(output, skip_special_tokens=True)):
+            right.setdefault(kind, []).append(text.strip().split(".")[0] + "." == reference)
+    return _scores(right)
 
 
 def context_qa_with_control(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 100, seed: int = 0,
@@ -72,4 +157,5 @@ def context_qa_with_control(model, tokenizer, scenes: Sequence[Scene] = (), coun
     return read, control
 
 
-__all__ = ["PROBE_SPLIT", "context_qa", "context_qa_prompt", "context_qa_with_control"]
+__all__ = ["PROBE_SPLIT", "SHORTHAND_ID", "collate_shorthand", "context_qa", "context_qa_prompt",
+           "context_qa_with_control", "encode_shorthand", "quadrant_phrase", "shorthand_embeds", "shorthand_qa"]
