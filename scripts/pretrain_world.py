@@ -5,15 +5,17 @@ Writes, by default into the package (`src/hf_llava/world/pretrained/`):
                    contrastively on world pictures and their captions (its text half is dropped);
   language_model/  a LlamaForCausalLM + tokenizer: a byte-level BPE tokenizer trained on the world's text
                    (captions, descriptions, questions, the chat prompt), and an LM trained on short pages
-                   about pictures: descriptions, then questions answered in sentences. A share of its pages
-                   open with a picture "in shorthand" instead: four input positions, one per quadrant in
-                   reading order, each the mean of the embeddings of the words that describe it ("top left
-                   large red circle", "top right empty"), then a caption or questions and answers: the
-                   interface LLaVA's projector would ideally learn to feed from the pixels in stage 1 (the LM
-                   has never seen a picture, the chat format or a one-word answer). It answers questions
-                   about such a picture 81% right after 2000 steps, 96% after 3000, 98% after 7000.
+                   about pictures: descriptions, then questions answered in sentences. Most of its pages
+                   show a picture "in shorthand" instead (`hf_llava.world.probes`): four input positions, one
+                   per quadrant in reading order, each the mean of the embeddings of the words that say what
+                   is there ("large red circle", "empty"), the interface LLaVA's projector would ideally learn
+                   to feed from the pixels in stage 1. Such a page is, in equal shares: a caption in stage 1's
+                   `plain` layout (picture, caption, newline); a `vicuna_v1` chat answered in sentences (as
+                   Vicuna is a chat model); questions answered in sentences; or in one word or phrase after
+                   LLaVA-1.5's short-answer instruction (never in the chat layout: that is stage 2's to teach).
+                   The LM never sees a picture.
 Seeded and deterministic on a given machine and torch build. Measured on 2 CPU cores:
-the vision tower 3 minutes, the LM 37 minutes (`--parts` re-trains one; `--help` for the sizes). Run from
+the vision tower 3 minutes, the LM 33 minutes (`--parts` re-trains one; `--help` for the sizes). Run from
 the repository root:
 
     python scripts/pretrain_world.py            # replaces the shipped components
@@ -40,8 +42,8 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionM
 
 from hf_llava.processing.chat_templates import VICUNA_SYSTEM
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, pretrained_root
-from hf_llava.world.probes import (collate_shorthand, context_qa_with_control, encode_shorthand, shorthand_embeds,
-                                   shorthand_qa)
+from hf_llava.world.probes import (IMAGE, SHORTHAND_ID, chat_text, collate_shorthand, context_qa_with_control,
+                                   encode_shorthand, qa_text, shorthand_embeds, shorthand_qa)
 from hf_llava.world.questions import QUESTION_TYPES, ask
 from hf_llava.world.scenes import COLOURS, QUADRANTS, SHAPES, Scene, captions, draw, make_scenes, quadrant_of
 from hf_llava.world.teacher import write_detail
@@ -83,7 +85,7 @@ def world_text(scenes, seed: int) -> tuple[list[str], list[str]]:
     short-answer instruction). A document reads like a short page about one picture: a full description of it
     (a caption that places every shape, or the detailed description), a shorter caption, then three questions
     about it answered in sentences; so the LM learns to answer from what the text before says, as Vicuna
-    answers from its context (it never sees the chat format or a one-word answer)."""
+    answers from its context (the shorthand pages, `shorthand_documents`, add the other layouts)."""
     documents, extra = [], [VICUNA_SYSTEM, "USER: ASSISTANT:"]
     for scene in scenes:
         rng = random.Random(f"{seed}:{scene.id}")
@@ -96,17 +98,30 @@ def world_text(scenes, seed: int) -> tuple[list[str], list[str]]:
     return documents, extra
 
 
+SHORTHAND_PAGES = ("plain caption", "chat", "sentences", "short answers")
+
+
 def shorthand_documents(scenes, seed: int) -> list[tuple[Scene, str]]:
-    """`(scene, text)` per scene, the text to read after the picture in shorthand: (a third of the time) one of
-    its captions, else a question of every type in a random order, each answered in a sentence."""
+    """`(scene, text)` per scene: a page about the scene's picture in shorthand (`IMAGE` marks where it goes),
+    one of `SHORTHAND_PAGES` in turn: one of its captions in stage 1's `plain` layout; a `vicuna_v1` chat of one
+    to three questions answered in sentences; (a third of the time) a caption, else a question of every type in
+    a random order, answered in sentences; or the same questions answered in one word or phrase after LLaVA-1.5's
+    short-answer instruction."""
     documents = []
-    for scene in scenes:
+    for k, scene in enumerate(scenes):
         rng = random.Random(f"shorthand:{seed}:{scene.id}")
-        if rng.random() < 1 / 3:
-            text = rng.choice(captions(scene, rng))
+        page = SHORTHAND_PAGES[k % len(SHORTHAND_PAGES)]
+        qas = [qa for kind in rng.sample(QUESTION_TYPES, len(QUESTION_TYPES)) if (qa := ask(scene.shapes, kind, rng))]
+        if page == "plain caption":
+            text = IMAGE + rng.choice(captions(scene, rng)) + "\n"
+        elif page == "chat":
+            text = chat_text([(qa.question, qa.sentence) for qa in qas[:rng.randint(1, 3)]])
+        elif page == "sentences" and rng.random() < 1 / 3:
+            text = f"{IMAGE} {rng.choice(captions(scene, rng))}</s>"
+        elif page == "sentences":
+            text = " ".join([IMAGE] + [qa_text(qa.question, qa.sentence) for qa in qas]) + "</s>"
         else:
-            qas = [qa for kind in rng.sample(QUESTION_TYPES, len(QUESTION_TYPES)) if (qa := ask(scene.shapes, kind, rng))]
-            text = " ".join(f"Question: {qa.question} Answer: {qa.sentence}" for qa in qas)
+            text = " ".join([IMAGE] + [qa_text(qa.short_prompt(), qa.answer + ".") for qa in qas]) + "</s>"
         documents.append((scene, text))
     return documents
 
@@ -256,12 +271,10 @@ def pretrain_vision(scenes, tokenizer, args, rng: random.Random) -> tuple[CLIPVi
     return tower, image_processor
 
 
-def _collate(rows: list[tuple[list[int], list[list[int]]]], label_from: list[int]) -> dict:
-    """A training batch: ids right-padded, labels from position `label_from[k]` of row k on."""
+def _collate(rows: list[tuple[list[int], list[list[int]]]]) -> dict:
+    """A training batch: ids right-padded; labels: every token but the padding and the shorthand positions."""
     batch = collate_shorthand(rows, pad_id=0)
-    labels = torch.full(batch["input_ids"].shape, -100)
-    for k, (ids, _) in enumerate(rows):
-        labels[k, label_from[k]:len(ids)] = torch.tensor(ids[label_from[k]:])
+    labels = batch["input_ids"].masked_fill((batch["attention_mask"] == 0) | (batch["input_ids"] == SHORTHAND_ID), -100)
     return {**batch, "labels": labels}
 
 
@@ -278,10 +291,8 @@ def pretrain_language(documents: list[str], shorthand: list, tokenizer, args, rn
     def batches():
         while True:
             text = [(encoded[i], []) for i in rng.sample(range(len(encoded)), args.lm_batch)]
-            short = [(pictures[i][0] + [tokenizer.eos_token_id], pictures[i][1])
-                     for i in rng.sample(range(len(pictures)), args.lm_shorthand_batch)]
-            # the loss skips BOS and a picture's four shorthand positions
-            yield _collate(text + short, [0] * len(text) + [5] * len(short))
+            short = [pictures[i] for i in rng.sample(range(len(pictures)), args.lm_shorthand_batch)]
+            yield _collate(text + short)
 
     print(f"LM documents: {len(encoded)} text (longest {max_len} tokens), {len(pictures)} shorthand pictures")
     _train(model, batches(), args.lm_steps, args.lm_lr, "LM (next token)", every=1000,
@@ -315,7 +326,10 @@ def main(argv=None) -> int:
             read, control = context_qa_with_control(lm.lm, tokenizer, seed=args.seed)
             print(f"LM answers questions about the caption in its context: {_scores(read)}; "
                   f"after another picture's caption: {control['accuracy']}%")
-            print(f"LM answers questions about a picture in shorthand: {_scores(shorthand_qa(lm.lm, tokenizer, seed=args.seed))}")
+            for name, kwargs in (("in sentences", {}), ("in one word or phrase", {"short": True}),
+                                 ("in sentences, in the chat layout", {"layout": "chat"})):
+                read = shorthand_qa(lm.lm, tokenizer, seed=args.seed, **kwargs)
+                print(f"LM answers questions about a picture in shorthand {name}: {_scores(read)}")
             pieces = (lm.lm, tokenizer)
         # written beside the old folder, then swapped in: an interrupted run never leaves half a part
         staging = output / f".{part}.tmp"

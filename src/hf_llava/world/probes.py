@@ -4,37 +4,70 @@ LLaVA relies on its LM (Vicuna) to answer from what is in its context; the visua
 for a description of the picture. `context_qa` measures that skill on the world's LM: each held-out scene's first
 caption (which names every shape, its colour, size and place), then one question of each type in the LM's own
 pretraining format (`Question: ... Answer:`), answered greedily; an answer is right when its first sentence is
-the reference sentence (a yes/no sentence names the shape's place too). An LM that cannot read a fact from a
-caption in its context does not learn to read it from four visual tokens in a few hundred steps either.
+the reference sentence (a yes/no sentence names the shape's place too).
 
 `shorthand_qa` measures the same on a picture given in shorthand, the form in which the LM's pretraining also
-shows pictures: four input positions, one per quadrant in reading order, each holding the mean of the input
-embeddings of the words that say what is there (`quadrant_phrase`: "top left large red circle", "top right
-empty"). That is the interface LLaVA's projector would ideally learn to feed from the vision tower's four patch
-tokens in stage 1 (the demo's README section says how close it gets).
+shows pictures: four input positions, one per quadrant in reading order (top left, top right, bottom left,
+bottom right), each holding the mean of the input embeddings of the words that say what is there
+(`quadrant_phrase`: "large red circle", or "empty"); a quadrant's place is its position's order, not a word,
+since the vision tower's patch tokens carry what each quadrant holds far better than where it is. That is the
+interface LLaVA's projector would ideally learn to feed from the tower's four patch tokens in stage 1. Asked in
+the pretraining layout (answers in sentences, or in one word or phrase with LLaVA-1.5's short-answer
+instruction) or in the `vicuna_v1` chat layout (answers in sentences).
 """
 
 import random
 from typing import Optional, Sequence
 
+from ..processing.chat_templates import VICUNA_SYSTEM
 from .questions import QUESTION_TYPES, ask
 from .scenes import QUADRANTS, Scene, captions, make_scenes
 
 PROBE_SPLIT = "probe"  # scene ids of their own: never pretraining, demo training or test scenes
 SHORTHAND_ID = 4  # `<image>`'s id in the world tokenizer: where a shorthand picture's four vectors go
+IMAGE = "<image>"  # where a text puts the picture (the world tokenizer's token `SHORTHAND_ID`)
+LAYOUTS = ("pretraining", "chat")
 
 
 def quadrant_phrase(scene: Scene, quadrant: str) -> str:
-    """What is in one quadrant, in words: "top left large red circle" or "top right empty"."""
+    """What is in one quadrant, in words: "large red circle" or "empty"."""
     shape = next((s for s in scene.shapes if s.quadrant == quadrant), None)
-    return f"{quadrant} {'empty' if shape is None else f'{shape.size} {shape.colour} {shape.kind}'}"
+    return "empty" if shape is None else f"{shape.size} {shape.colour} {shape.kind}"
 
 
 def encode_shorthand(tokenizer, scene: Scene, text: str) -> tuple[list[int], list[list[int]]]:
-    """`(input_ids, phrase_ids)`: BOS, four `SHORTHAND_ID`s, then `text`; and each quadrant's phrase's token ids."""
-    ids = [tokenizer.bos_token_id] + [SHORTHAND_ID] * len(QUADRANTS)
-    ids += tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    """`(input_ids, phrase_ids)`: `text` (with BOS) with its one `IMAGE` made four `SHORTHAND_ID`s, one per
+    quadrant; and each quadrant's phrase's token ids."""
+    if text.count(IMAGE) != 1:
+        raise ValueError(f"text={text[:60]!r}...: expected exactly one {IMAGE} (where the picture goes).")
+    ids = tokenizer(text)["input_ids"]
+    if ids.count(SHORTHAND_ID) != 1:
+        raise ValueError(f"the tokenizer does not read {IMAGE} as token {SHORTHAND_ID}: not the world's tokenizer?")
+    k = ids.index(SHORTHAND_ID)
+    ids = ids[:k] + [SHORTHAND_ID] * len(QUADRANTS) + ids[k + 1:]
     return ids, [tokenizer(" " + quadrant_phrase(scene, q), add_special_tokens=False)["input_ids"] for q in QUADRANTS]
+
+
+def qa_text(question: str, answer: str = "") -> str:
+    """One question and its answer in the LM's pretraining layout (`answer` empty: the prompt)."""
+    return f"Question: {question} Answer:" + (f" {answer}" if answer else "")
+
+
+def pretraining_text(question: str) -> str:
+    """A shorthand picture then one question in the LM's pretraining layout, to be answered."""
+    return f"{IMAGE} {qa_text(question)}"
+
+
+def chat_text(turns: Sequence[tuple[str, str]]) -> str:
+    """A `vicuna_v1` conversation about a shorthand picture (before the first question), as LLaVA renders one;
+    the last answer may be empty (then the text ends with the open `ASSISTANT:`)."""
+    text = VICUNA_SYSTEM + " "
+    for k, (question, answer) in enumerate(turns):
+        picture = f"{IMAGE}\n" if k == 0 else ""
+        text += f"USER: {picture}{question} ASSISTANT:"
+        if answer:
+            text += f" {answer}</s>"
+    return text
 
 
 def collate_shorthand(rows: Sequence[tuple[list[int], list[list[int]]]], pad_id: int, left: bool = False) -> dict:
@@ -118,22 +151,31 @@ def _scores(right: dict) -> dict:
 
 
 def shorthand_qa(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 100, seed: int = 0,
-                 batch_size: int = 64, pictures_of: Optional[Sequence[Scene]] = None) -> dict:
+                 batch_size: int = 64, pictures_of: Optional[Sequence[Scene]] = None, layout: str = "pretraining",
+                 short: bool = False) -> dict:
     """Accuracy (percent) of `model` answering, greedily, one question of each type about each scene given in
-    shorthand (`Question: ... Answer:` after the four positions), overall and per type; right when the answer's
-    first sentence is the reference sentence. `scenes` defaults to `count` probe scenes; `pictures_of`: other
-    scenes, one per scene, shown instead (the control)."""
+    shorthand, overall and per type. `layout`: `"pretraining"` (`Question: ... Answer:` after the picture) or
+    `"chat"` (`vicuna_v1`, the picture before the question); `short`: with LLaVA-1.5's short-answer instruction,
+    right when the answer (up to a full stop) is the one word or phrase, else when its first sentence is the
+    reference sentence. `scenes` defaults to `count` probe scenes; `pictures_of`: other scenes, one per scene,
+    shown instead (the control)."""
     import torch
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: expected one of {', '.join(LAYOUTS)}.")
     scenes = list(scenes) or make_scenes(count, seed, PROBE_SPLIT)
     shown = scenes if pictures_of is None else list(pictures_of)
     if len(shown) != len(scenes):
         raise ValueError(f"pictures_of has {len(shown)} scenes for {len(scenes)} scenes: expected one per scene.")
-    items = []  # (type, encoded prompt, reference sentence)
+    items = []  # (type, encoded prompt, reference)
     for scene, other in zip(scenes, shown):
         rng = random.Random(f"probe:{seed}:{scene.id}")
-        items += [(qa.type, encode_shorthand(tokenizer, other, f"Question: {qa.question} Answer:"), qa.sentence)
-                  for kind in QUESTION_TYPES if (qa := ask(scene.shapes, kind, rng))]
+        for kind in QUESTION_TYPES:
+            if (qa := ask(scene.shapes, kind, rng)) is None:
+                continue
+            question = qa.short_prompt() if short else qa.question
+            text = pretraining_text(question) if layout == "pretraining" else chat_text([(question, "")])
+            items.append((qa.type, encode_shorthand(tokenizer, other, text), qa.answer if short else qa.sentence))
     right: dict[str, list[bool]] = {}
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
@@ -143,7 +185,8 @@ def shorthand_qa(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 10
             output = model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=16,
                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
         for (kind, _, reference), text in zip(batch, tokenizer.batch_decode(output, skip_special_tokens=True)):
-            right.setdefault(kind, []).append(text.strip().split(".")[0] + "." == reference)
+            first = text.strip().split(".")[0]
+            right.setdefault(kind, []).append(first == reference if short else first + "." == reference)
     return _scores(right)
 
 
@@ -157,5 +200,6 @@ def context_qa_with_control(model, tokenizer, scenes: Sequence[Scene] = (), coun
     return read, control
 
 
-__all__ = ["PROBE_SPLIT", "SHORTHAND_ID", "collate_shorthand", "context_qa", "context_qa_prompt",
-           "context_qa_with_control", "encode_shorthand", "quadrant_phrase", "shorthand_embeds", "shorthand_qa"]
+__all__ = ["IMAGE", "LAYOUTS", "PROBE_SPLIT", "SHORTHAND_ID", "chat_text", "collate_shorthand", "context_qa",
+           "context_qa_prompt", "context_qa_with_control", "encode_shorthand", "pretraining_text", "qa_text",
+           "quadrant_phrase", "shorthand_embeds", "shorthand_qa"]
