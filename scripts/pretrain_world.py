@@ -101,10 +101,11 @@ def world_text(scenes, seed: int) -> tuple[list[str], list[str]]:
 SHORTHAND_PAGES = ("plain caption", "chat", "sentences", "short answers")
 
 
-def shorthand_documents(scenes, seed: int) -> list[tuple[Scene, str]]:
+def shorthand_documents(scenes, tokenizer, seed: int) -> list[tuple[Scene, str]]:
     """`(scene, text)` per scene: a page about the scene's picture in shorthand (`IMAGE` marks where it goes),
     one of `SHORTHAND_PAGES` in turn: one of its captions in stage 1's `plain` layout; a `vicuna_v1` chat of one
-    to three questions answered in sentences; (a third of the time) a caption, else a question of every type in
+    to three questions answered in sentences (rendered by `tokenizer` with the template); (a third of the time) a
+    caption, else a question of every type in
     a random order, answered in sentences; or the same questions answered in one word or phrase after LLaVA-1.5's
     short-answer instruction."""
     documents = []
@@ -115,7 +116,7 @@ def shorthand_documents(scenes, seed: int) -> list[tuple[Scene, str]]:
         if page == "plain caption":
             text = IMAGE + rng.choice(captions(scene, rng)) + "\n"
         elif page == "chat":
-            text = chat_text([(qa.question, qa.sentence) for qa in qas[:rng.randint(1, 3)]])
+            text = chat_text(tokenizer, [(qa.question, qa.sentence) for qa in qas[:rng.randint(1, 3)]])
         elif page == "sentences" and rng.random() < 1 / 3:
             text = f"{IMAGE} {rng.choice(captions(scene, rng))}</s>"
         elif page == "sentences":
@@ -321,7 +322,7 @@ def main(argv=None) -> int:
         if part == VISION_TOWER:
             pieces = pretrain_vision(scenes, tokenizer, args, random.Random(f"{args.seed}:{VISION_TOWER}"))
         else:
-            shorthand = shorthand_documents(scenes, args.seed)
+            shorthand = shorthand_documents(scenes, tokenizer, args.seed)
             lm = pretrain_language(documents, shorthand, tokenizer, args, random.Random(args.seed)).eval()
             read, control = context_qa_with_control(lm.lm, tokenizer, seed=args.seed)
             print(f"LM answers questions about the caption in its context: {_scores(read)}; "

@@ -109,7 +109,7 @@ def test_shorthand_pages_are_laid_out_as_the_stage_trainers_feed_the_lm(world_lm
         page = f"<image>{turns[0][1]}\n"
     else:
         messages += [{"role": "user", "content": turns[1][0]}, {"role": "assistant", "content": turns[1][1]}]
-        page = chat_text(turns)
+        page = chat_text(tokenizer, turns)
     rendered = processor.apply_chat_template(messages)
     expected = processor(images=draw(scene), text=rendered, return_tensors="pt")["input_ids"][0].tolist()
     assert encode_shorthand(tokenizer, scene, page)[0] == expected

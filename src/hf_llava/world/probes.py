@@ -19,7 +19,7 @@ instruction) or in the `vicuna_v1` chat layout (answers in sentences).
 import random
 from typing import Optional, Sequence
 
-from ..processing.chat_templates import VICUNA_SYSTEM
+from ..processing.chat_templates import CHAT_TEMPLATES
 from .questions import QUESTION_TYPES, ask
 from .scenes import QUADRANTS, Scene, captions, make_scenes
 
@@ -58,16 +58,17 @@ def pretraining_text(question: str) -> str:
     return f"{IMAGE} {qa_text(question)}"
 
 
-def chat_text(turns: Sequence[tuple[str, str]]) -> str:
-    """A `vicuna_v1` conversation about a shorthand picture (before the first question), as LLaVA renders one;
-    the last answer may be empty (then the text ends with the open `ASSISTANT:`)."""
-    text = VICUNA_SYSTEM + " "
+def chat_text(tokenizer, turns: Sequence[tuple[str, str]]) -> str:
+    """A `vicuna_v1` conversation about a shorthand picture (before the first question), rendered by LLaVA's
+    own template; the last answer may be empty (then the text ends with the open `ASSISTANT:`)."""
+    messages = []
     for k, (question, answer) in enumerate(turns):
-        picture = f"{IMAGE}\n" if k == 0 else ""
-        text += f"USER: {picture}{question} ASSISTANT:"
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]
+                         if k == 0 else question})
         if answer:
-            text += f" {answer}</s>"
-    return text
+            messages.append({"role": "assistant", "content": answer})
+    return tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATES["vicuna_v1"], tokenize=False,
+                                         add_generation_prompt=not turns[-1][1])
 
 
 def collate_shorthand(rows: Sequence[tuple[list[int], list[list[int]]]], pad_id: int, left: bool = False) -> dict:
@@ -174,7 +175,7 @@ def shorthand_qa(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 10
             if (qa := ask(scene.shapes, kind, rng)) is None:
                 continue
             question = qa.short_prompt() if short else qa.question
-            text = pretraining_text(question) if layout == "pretraining" else chat_text([(question, "")])
+            text = pretraining_text(question) if layout == "pretraining" else chat_text(tokenizer, [(question, "")])
             items.append((qa.type, encode_shorthand(tokenizer, other, text), qa.answer if short else qa.sentence))
     right: dict[str, list[bool]] = {}
     for start in range(0, len(items), batch_size):
