@@ -105,9 +105,8 @@ def shorthand_documents(scenes, tokenizer, seed: int) -> list[tuple[Scene, str]]
     """`(scene, text)` per scene: a page about the scene's picture in shorthand (`IMAGE` marks where it goes),
     one of `SHORTHAND_PAGES` in turn: one of its captions in stage 1's `plain` layout; a `vicuna_v1` chat of one
     to three questions answered in sentences (rendered by `tokenizer` with the template); (a third of the time) a
-    caption, else a question of every type in
-    a random order, answered in sentences; or the same questions answered in one word or phrase after LLaVA-1.5's
-    short-answer instruction."""
+    caption, else a question of every type in a random order, answered in sentences; or the same questions
+    answered in one word or phrase after LLaVA-1.5's short-answer instruction."""
     documents = []
     for k, scene in enumerate(scenes):
         rng = random.Random(f"shorthand:{seed}:{scene.id}")
