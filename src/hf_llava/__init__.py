@@ -61,8 +61,8 @@ def _register() -> None:
 def _register_pending() -> None:
     """Register once transformers is loaded; a no-op while one of our modules is still half-imported.
 
-    `hf_llava.modeling` and `hf_llava.processing` call it when they finish importing: importing them is
-    what imports transformers in the first place, and the registration needs them whole.
+    Importing `hf_llava.modeling` or `hf_llava.processing` is what imports transformers in the first place, and
+    the registration needs both whole: it is tried again when each of them finishes importing (`_AfterImport`).
     """
     if not _state["transformers_ready"] or _state["registered"]:
         return
@@ -73,34 +73,45 @@ def _register_pending() -> None:
             raise
 
 
-class _RegisterWhenTransformersLoads(importlib.abc.MetaPathFinder):
-    """Runs `_register` right after `transformers` finishes importing (one shot, then it leaves `sys.meta_path`)."""
+# The modules after whose import the registration is tried: transformers, and our two that it needs whole.
+_WATCHED = {"transformers", f"{__name__}.modeling", f"{__name__}.processing"}
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Tries `_register_pending` right after a watched module finishes importing; leaves `sys.meta_path` once
+    the Auto classes are registered. The packages below this one never import it back."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "transformers":
+        if name not in _WATCHED or _state["registered"]:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        sys.meta_path.remove(self)  # find the real spec without asking ourselves again
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
         if spec is None or spec.loader is None:
             return spec
         exec_module = spec.loader.exec_module
 
         def exec_then_register(module):
             exec_module(module)
-            _state["transformers_ready"] = True
+            if name == "transformers":
+                _state["transformers_ready"] = True
             try:
                 _register_pending()
             except Exception as error:  # never break `import transformers` for a user who does not need us
                 warnings.warn(f"hf-llava could not register its Auto classes: {error!r}", stacklevel=2)
+            if _state["registered"] and self in sys.meta_path:
+                sys.meta_path.remove(self)
 
         spec.loader.exec_module = exec_then_register
         return spec
 
 
-if _state["transformers_ready"]:
-    _register_pending()
-else:
-    sys.meta_path.insert(0, _RegisterWhenTransformersLoads())
+_state["transformers_ready"] = "transformers" in sys.modules
+_register_pending()
+if not _state["registered"]:
+    sys.meta_path.insert(0, _AfterImport())
 
 __all__ = [
     "CHAT_TEMPLATES",

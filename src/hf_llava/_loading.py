@@ -7,7 +7,7 @@ adapter's base model path, and naming the file when weights are truncated or cor
 import json
 import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 PathLike = Union[str, os.PathLike]
 ADAPTER_CONFIG = "adapter_config.json"
@@ -59,6 +59,17 @@ def _check_weights(path: Path) -> None:
                 ) from error
 
 
+def merge_lora(model, save_directory: Optional[PathLike] = None, processor=None):
+    """Fold LoRA into the weights (`merge_and_unload`) and return the plain LLaVA model, optionally saved
+    (with `processor` beside it)."""
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    if save_directory is not None:
+        merged.save_pretrained(save_directory)
+        if processor is not None:
+            processor.save_pretrained(save_directory)
+    return merged
+
+
 def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pretrained_kwargs):
     """`LlavaForConditionalGeneration.from_pretrained(path)` for a folder a user named.
 
@@ -80,8 +91,6 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
             )
         from peft import PeftModel
 
-        from .trainers.freezing import merge_lora
-
         _check_weights(Path(base))
         _check_weights(path)
         model = LlavaForConditionalGeneration.from_pretrained(base, **from_pretrained_kwargs)
@@ -92,4 +101,4 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
     return LlavaForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
 
 
-__all__ = ["ADAPTER_CONFIG", "is_adapter", "load_llava_model", "resolve_adapter_base"]
+__all__ = ["ADAPTER_CONFIG", "is_adapter", "load_llava_model", "merge_lora", "resolve_adapter_base"]

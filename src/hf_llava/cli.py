@@ -15,8 +15,10 @@ import re
 import sys
 from typing import Optional
 
+from ._cli_args import HelpFormatter, add_parser
+
 COMMANDS = {
-    "demo": ("hf_llava.demo", "build a small LLaVA offline and answer a question about a generated image"),
+    "demo": ("hf_llava.demo", "the paper end to end, offline: data, stage 1, stage 2, the ablation, VQA scores, ONNX"),
     "train": ("hf_llava.trainers.cli", "run LLaVA's stage 1 (feature alignment) or stage 2 (instruction tuning)"),
     "convert": ("hf_llava.conversion.cli", "convert original LLaVA / llava-hf checkpoints to and from hf-llava"),
     "export-onnx": ("hf_llava.onnx.cli", "export to ONNX (vision encoder, embeddings, decoder) and validate"),
@@ -25,21 +27,6 @@ COMMANDS = {
 }
 EXIT_USAGE = 2  # what argparse returns for bad flags; used for every expected error
 _MAX_LINES = 2
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default (`--help`); every parser of the CLI uses it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or isinstance(action.default, bool):
-            return action.help  # "(default: None/False)" says nothing for optional paths and switches
-        return super()._get_help_string(action)
-
-
-def add_parser(subparsers, name: str, help_text: str, **kwargs) -> argparse.ArgumentParser:
-    """A sub-command parser with the CLI's help formatter (use it for nested sub-commands too)."""
-    return subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
-                                 **kwargs)
 
 
 def build_parser(argv: Optional[list] = None) -> argparse.ArgumentParser:

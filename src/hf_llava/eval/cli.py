@@ -26,7 +26,7 @@ def _common(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Declare `eval` and its three sub-commands."""
-    from ..cli import add_parser
+    from .._cli_args import add_parser
 
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     bench = add_parser(sub, "llava-bench", "LLaVA-Bench: a text-only judge scores the model against reference "

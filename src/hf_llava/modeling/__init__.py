@@ -9,10 +9,6 @@ from .modeling_llava import (
     LlavaPreTrainedModel,
 )
 
-from .. import _register_pending  # noqa: E402  (registers the Auto classes once transformers is loaded)
-
-_register_pending()
-
 __all__ = [
     "PROJECTOR_TYPES",
     "LlavaCausalLMOutputWithPast",

@@ -4,10 +4,6 @@ from .chat_templates import CHAT_FORMATS, CHAT_TEMPLATES, ChatFormat, chat_forma
 from .image_loading import load_image, load_images
 from .processing_llava import LlavaProcessor, add_llava_tokens
 
-from .. import _register_pending  # noqa: E402  (registers the Auto classes once transformers is loaded)
-
-_register_pending()
-
 __all__ = [
     "CHAT_FORMATS",
     "CHAT_TEMPLATES",

@@ -17,7 +17,7 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "lm_lora_config": ".freezing",
     "load_model_with_projector": ".projector",
     "load_projector": ".projector",
-    "merge_lora": ".freezing",
+    "merge_lora": ".._loading",
     "save_projector": ".projector",
     "set_trainable": ".freezing",
     "split_param_groups": ".freezing",

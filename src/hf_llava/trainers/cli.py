@@ -72,7 +72,7 @@ def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds `stage1` and `stage2` sub-commands to the `train` parser."""
-    from ..cli import add_parser
+    from .._cli_args import add_parser
 
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     _add_common(add_parser(sub, "stage1", "feature alignment: train the projector (template plain)"), 1)

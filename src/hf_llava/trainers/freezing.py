@@ -118,17 +118,7 @@ def split_param_groups(optimizer, model: nn.Module, projector_lr: Optional[float
     return True
 
 
-def merge_lora(model: nn.Module, save_directory: Optional[str] = None, processor=None) -> nn.Module:
-    """Fold LoRA into the weights (`merge_and_unload`) and return the plain LLaVA model, optionally saved."""
-    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    if save_directory is not None:
-        merged.save_pretrained(save_directory)
-        if processor is not None:
-            processor.save_pretrained(save_directory)
-    return merged
-
-
 __all__ = [
-    "GROUP_NAMES", "LM_LINEAR_NAMES", "check_lora_placement", "ensure_projector_saved", "lm_lora_config", "merge_lora",
+    "GROUP_NAMES", "LM_LINEAR_NAMES", "check_lora_placement", "ensure_projector_saved", "lm_lora_config",
     "part_of", "set_trainable", "split_param_groups", "stage_parts",
 ]
