@@ -5,6 +5,8 @@ from types import ModuleType
 
 # extra -> what it is for; `pip install 'hf-llava[EXTRA]'` installs it.
 EXTRAS = {
+    "train": "training (hf-llava train, the demo, LoRA adapters): TRL, PEFT, datasets, accelerate",
+    "teacher": "a teacher or judge on an OpenAI-compatible server (datagen --base-url, eval llava-bench): openai",
     "onnx": "ONNX export and ONNX Runtime inference on CPU ('hf-llava[gpu]' for CUDA instead)",
     "gpu": "ONNX Runtime inference on CUDA",
     "test": "the test suite",
