@@ -59,6 +59,18 @@ def _check_weights(path: Path) -> None:
                 ) from error
 
 
+def check_device(device: Optional[str]) -> None:
+    """Raise a `ValueError` a person can act on when `device` names an accelerator this machine lacks
+    (`None` and "cpu" always pass)."""
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}, but CUDA is not available here (torch {torch.__version__}, "
+                         "torch.cuda.is_available() is False): use device='cpu' or a CUDA build of torch.")
+
+
 def merge_lora(model, save_directory: Optional[PathLike] = None, processor=None):
     """Fold LoRA into the weights (`merge_and_unload`) and return the plain LLaVA model, optionally saved
     (with `processor` beside it)."""
@@ -101,4 +113,4 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
     return LlavaForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
 
 
-__all__ = ["ADAPTER_CONFIG", "is_adapter", "load_llava_model", "merge_lora", "resolve_adapter_base"]
+__all__ = ["ADAPTER_CONFIG", "check_device", "is_adapter", "load_llava_model", "merge_lora", "resolve_adapter_base"]
