@@ -6,10 +6,10 @@ Writes, by default into the package (`src/hf_llava/world/pretrained/`):
   language_model/  a LlamaForCausalLM + tokenizer: a byte-level BPE tokenizer trained on the world's text
                    (captions, descriptions, questions, the chat prompt), and an LM trained on short pages
                    about pictures: descriptions, then questions answered in sentences. Most of its pages
-                   show a picture "in shorthand" instead (`hf_llava.world.probes`): four input positions, one
-                   per quadrant in reading order, each the mean of the embeddings of the words that say what
-                   is there ("large red circle", "empty"), the interface LLaVA's projector would ideally learn
-                   to feed from the pixels in stage 1. Such a page is, in equal shares: a caption in stage 1's
+                   show a picture "in shorthand" instead (`world_probes.py`, beside this script): four input
+                   positions, one per quadrant in reading order, each the mean of the embeddings of the
+                   words that say what is there ("large red circle", "empty"), the interface LLaVA's
+                   projector would ideally learn to feed from the pixels in stage 1. Such a page is, in equal shares: a caption in stage 1's
                    `plain` layout (picture, caption, newline); a `vicuna_v1` chat answered in sentences (as
                    Vicuna is a chat model); questions answered in sentences; or in one word or phrase after
                    LLaVA-1.5's short-answer instruction (never in the chat layout: that is stage 2's to teach).
@@ -39,17 +39,16 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast)
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # the normalisation real towers use
 
 from hf_llava.processing.chat_templates import VICUNA_SYSTEM
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, pretrained_root
-from hf_llava.world.probes import (IMAGE, SHORTHAND_ID, chat_text, collate_shorthand, context_qa_with_control,
-                                   encode_shorthand, qa_text, shorthand_embeds, shorthand_qa)
 from hf_llava.world.questions import QUESTION_TYPES, ask
 from hf_llava.world.scenes import COLOURS, QUADRANTS, SHAPES, Scene, captions, draw, make_scenes, quadrant_of
 from hf_llava.world.teacher import write_detail
+from world_probes import (IMAGE, chat_text, collate_shorthand, context_qa_with_control, encode_shorthand, qa_text,
+                          shorthand_embeds, shorthand_id, shorthand_qa)
 
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # OpenAI CLIP's normalisation, as the real towers use
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SPLIT = "pretrain"  # scene ids of their own: never the demo's training or test scenes
 
 
@@ -127,15 +126,16 @@ def shorthand_documents(scenes, tokenizer, seed: int) -> list[tuple[Scene, str]]
 
 
 class ShorthandLM(torch.nn.Module):
-    """The LM reading input ids where each `SHORTHAND_ID` is replaced by the mean embedding of a phrase's tokens
-    (`phrase_ids` `(B, 4, L)`, `phrase_mask` marks the real ones); text documents have none of them."""
+    """The LM reading input ids where each `image_id` (the tokenizer's `<image>`) is replaced by the mean embedding
+    of a phrase's tokens (`phrase_ids` `(B, 4, L)`, `phrase_mask` marks the real ones); text documents have none."""
 
-    def __init__(self, lm: LlamaForCausalLM):
+    def __init__(self, lm: LlamaForCausalLM, image_id: int):
         super().__init__()
         self.lm = lm
+        self.image_id = image_id
 
     def forward(self, input_ids, attention_mask, labels, phrase_ids, phrase_mask):
-        return self.lm(inputs_embeds=shorthand_embeds(self.lm, input_ids, phrase_ids, phrase_mask),
+        return self.lm(inputs_embeds=shorthand_embeds(self.lm, input_ids, phrase_ids, phrase_mask, self.image_id),
                        attention_mask=attention_mask,
                        labels=labels)
 
@@ -231,7 +231,7 @@ def near_miss(scene: Scene, rng: random.Random) -> Scene:
 def pretrain_vision(scenes, tokenizer, args, rng: random.Random) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
     size = args.image_size
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                         image_mean=CLIP_MEAN, image_std=CLIP_STD)
+                                         image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
     half = len(scenes) // 2  # scene i of the second half is a near miss of scene i of the first
     scenes = scenes[:half] + [near_miss(s, rng) for s in scenes[:half]]
     pixels = torch.cat([image_processor([draw(s) for s in scenes[i:i + 512]], return_tensors="pt")["pixel_values"]
@@ -271,10 +271,10 @@ def pretrain_vision(scenes, tokenizer, args, rng: random.Random) -> tuple[CLIPVi
     return tower, image_processor
 
 
-def _collate(rows: list[tuple[list[int], list[list[int]]]]) -> dict:
+def _collate(rows: list[tuple[list[int], list[list[int]]]], image_id: int) -> dict:
     """A training batch: ids right-padded; labels: every token but the padding and the shorthand positions."""
     batch = collate_shorthand(rows, pad_id=0)
-    labels = batch["input_ids"].masked_fill((batch["attention_mask"] == 0) | (batch["input_ids"] == SHORTHAND_ID), -100)
+    labels = batch["input_ids"].masked_fill((batch["attention_mask"] == 0) | (batch["input_ids"] == image_id), -100)
     return {**batch, "labels": labels}
 
 
@@ -286,13 +286,14 @@ def pretrain_language(documents: list[str], shorthand: list, tokenizer, args, rn
                          num_hidden_layers=args.lm_layers, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
-    model = ShorthandLM(LlamaForCausalLM(config))
+    image_id = shorthand_id(tokenizer)
+    model = ShorthandLM(LlamaForCausalLM(config), image_id)
 
     def batches():
         while True:
             text = [(encoded[i], []) for i in rng.sample(range(len(encoded)), args.lm_batch)]
             short = [pictures[i] for i in rng.sample(range(len(pictures)), args.lm_shorthand_batch)]
-            yield _collate(text + short)
+            yield _collate(text + short, image_id)
 
     print(f"LM documents: {len(encoded)} text (longest {max_len} tokens), {len(pictures)} shorthand pictures")
     _train(model, batches(), args.lm_steps, args.lm_lr, "LM (next token)", every=1000,

@@ -11,12 +11,14 @@ from transformers import (AutoImageProcessor, AutoModel, AutoModelForCausalLM, A
 
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, language_model_path, pretrained_root, vision_tower_path
 from hf_llava.builder import build_processor
-from hf_llava.world.probes import (PROBE_SPLIT, chat_text, context_qa_with_control, encode_shorthand,
-                                   shorthand_qa)
 from hf_llava.world.questions import QUESTION_TYPES
 from hf_llava.world.scenes import SHAPES, draw, make_scenes
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pretrain_world.py"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPT = SCRIPTS / "pretrain_world.py"
+sys.path.insert(0, str(SCRIPTS))  # the probes live beside the script that pretrains the parts
+from world_probes import (PROBE_SPLIT, chat_text, context_qa_with_control, encode_shorthand,  # noqa: E402
+                          shorthand_qa)
 
 
 def test_the_vision_tower_loads_with_the_auto_classes_and_sees_a_picture():

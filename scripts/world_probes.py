@@ -1,4 +1,7 @@
-"""What the world's language model can do on its own, before LLaVA: answer questions about what it has just read.
+"""Probes of the world's language model, for `pretrain_world.py` and the tests of the shipped parts (not the
+package: nothing at run time needs them).
+
+What the world's language model can do on its own, before LLaVA: answer questions about what it has just read.
 
 LLaVA relies on its LM (Vicuna) to answer from what is in its context; the visual tokens only have to stand in
 for a description of the picture. `context_qa` measures that skill on the world's LM: each held-out scene's first
@@ -19,13 +22,12 @@ instruction) or in the `vicuna_v1` chat layout (answers in sentences).
 import random
 from typing import Optional, Sequence
 
-from ..processing.chat_templates import CHAT_TEMPLATES
-from .questions import QUESTION_TYPES, ask
-from .scenes import QUADRANTS, Scene, captions, make_scenes
+from hf_llava.processing.chat_templates import CHAT_TEMPLATES
+from hf_llava.world.questions import QUESTION_TYPES, ask
+from hf_llava.world.scenes import QUADRANTS, Scene, captions, make_scenes
 
 PROBE_SPLIT = "probe"  # scene ids of their own: never pretraining, demo training or test scenes
-SHORTHAND_ID = 4  # `<image>`'s id in the world tokenizer: where a shorthand picture's four vectors go
-IMAGE = "<image>"  # where a text puts the picture (the world tokenizer's token `SHORTHAND_ID`)
+IMAGE = "<image>"  # where a text puts the picture: a special token of the world tokenizer
 LAYOUTS = ("pretraining", "chat")
 
 
@@ -35,16 +37,23 @@ def quadrant_phrase(scene: Scene, quadrant: str) -> str:
     return "empty" if shape is None else f"{shape.size} {shape.colour} {shape.kind}"
 
 
+def shorthand_id(tokenizer) -> int:
+    """`IMAGE`'s id in `tokenizer`: where a shorthand picture's four vectors go."""
+    ids = tokenizer(IMAGE, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"the tokenizer reads {IMAGE} as {ids}, not one token: not the world's tokenizer?")
+    return ids[0]
+
+
 def encode_shorthand(tokenizer, scene: Scene, text: str) -> tuple[list[int], list[list[int]]]:
-    """`(input_ids, phrase_ids)`: `text` (with BOS) with its one `IMAGE` made four `SHORTHAND_ID`s, one per
+    """`(input_ids, phrase_ids)`: `text` (with BOS) with its one `IMAGE` made four `shorthand_id`s, one per
     quadrant; and each quadrant's phrase's token ids."""
     if text.count(IMAGE) != 1:
         raise ValueError(f"text={text[:60]!r}...: expected exactly one {IMAGE} (where the picture goes).")
+    image_id = shorthand_id(tokenizer)
     ids = tokenizer(text)["input_ids"]
-    if ids.count(SHORTHAND_ID) != 1:
-        raise ValueError(f"the tokenizer does not read {IMAGE} as token {SHORTHAND_ID}: not the world's tokenizer?")
-    k = ids.index(SHORTHAND_ID)
-    ids = ids[:k] + [SHORTHAND_ID] * len(QUADRANTS) + ids[k + 1:]
+    k = ids.index(image_id)
+    ids = ids[:k] + [image_id] * len(QUADRANTS) + ids[k + 1:]
     return ids, [tokenizer(" " + quadrant_phrase(scene, q), add_special_tokens=False)["input_ids"] for q in QUADRANTS]
 
 
@@ -93,13 +102,13 @@ def collate_shorthand(rows: Sequence[tuple[list[int], list[list[int]]]], pad_id:
             "phrase_mask": phrase_mask}
 
 
-def shorthand_embeds(model, input_ids, phrase_ids, phrase_mask):
-    """`model`'s input embeddings of `input_ids` with each `SHORTHAND_ID` replaced, in order, by the mean
+def shorthand_embeds(model, input_ids, phrase_ids, phrase_mask, image_id: int):
+    """`model`'s input embeddings of `input_ids` with each `image_id` (`shorthand_id`) replaced, in order, by the mean
     embedding of the next phrase (the rows' phrases that have tokens)."""
     table = model.get_input_embeddings()
     embeds = table(input_ids)
     slots = (table(phrase_ids) * phrase_mask[..., None]).sum(2) / phrase_mask.sum(2, keepdim=True).clamp(min=1)
-    where = (input_ids == SHORTHAND_ID)[..., None].expand_as(embeds)
+    where = (input_ids == image_id)[..., None].expand_as(embeds)
     return embeds.masked_scatter(where, slots[phrase_mask.any(-1)].to(embeds.dtype))
 
 
@@ -182,7 +191,8 @@ def shorthand_qa(model, tokenizer, scenes: Sequence[Scene] = (), count: int = 10
         batch = items[start:start + batch_size]
         inputs = collate_shorthand([row for _, row, _ in batch], tokenizer.pad_token_id, left=True)
         with torch.inference_mode():
-            embeds = shorthand_embeds(model, inputs["input_ids"], inputs["phrase_ids"], inputs["phrase_mask"])
+            embeds = shorthand_embeds(model, inputs["input_ids"], inputs["phrase_ids"], inputs["phrase_mask"],
+                                      shorthand_id(tokenizer))
             output = model.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=16,
                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
         for (kind, _, reference), text in zip(batch, tokenizer.batch_decode(output, skip_special_tokens=True)):
@@ -201,6 +211,6 @@ def context_qa_with_control(model, tokenizer, scenes: Sequence[Scene] = (), coun
     return read, control
 
 
-__all__ = ["IMAGE", "LAYOUTS", "PROBE_SPLIT", "SHORTHAND_ID", "chat_text", "collate_shorthand", "context_qa",
+__all__ = ["IMAGE", "LAYOUTS", "PROBE_SPLIT", "chat_text", "collate_shorthand", "context_qa",
            "context_qa_prompt", "context_qa_with_control", "encode_shorthand", "pretraining_text", "qa_text",
-           "quadrant_phrase", "shorthand_embeds", "shorthand_qa"]
+           "quadrant_phrase", "shorthand_embeds", "shorthand_id", "shorthand_qa"]
