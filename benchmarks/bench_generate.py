@@ -61,8 +61,8 @@ def main() -> None:
         same_tokens = torch.equal(outputs["hf_llava"], outputs["transformers_llava"])
         for _ in range(args.repeats):
             for name, model in models.items():
-                samples[name]["prefill"].append(timed(lambda: model(**inputs)))
-                samples[name]["generate"].append(timed(lambda: model.generate(
+                samples[name]["prefill"].append(timed(lambda model=model: model(**inputs)))
+                samples[name]["generate"].append(timed(lambda model=model: model.generate(
                     **inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **gen)))
 
     results = {}

@@ -97,8 +97,8 @@ def main(argv=None) -> dict:
         for dtype in ("fp32", "int8"):
             ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, dtype=dtype, session_options=options)
             results[f"ort_{dtype}"] = _measure(
-                f"ort {dtype}", lambda: ort_model.first_step_logits(**inputs),
-                lambda n: ort_model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, **gen),
+                f"ort {dtype}", lambda ort_model=ort_model: ort_model.first_step_logits(**inputs),
+                lambda n, ort_model=ort_model: ort_model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, **gen),
                 args.new_tokens, args.repeats,
             )
     base = results["pytorch"]

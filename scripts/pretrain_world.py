@@ -9,10 +9,11 @@ Writes, by default into the package (`src/hf_llava/world/pretrained/`):
                    show a picture "in shorthand" instead (`world_probes.py`, beside this script): four input
                    positions, one per quadrant in reading order, each the mean of the embeddings of the
                    words that say what is there ("large red circle", "empty"), the interface LLaVA's
-                   projector would ideally learn to feed from the pixels in stage 1. Such a page is, in equal shares: a caption in stage 1's
-                   `plain` layout (picture, caption, newline); a `vicuna_v1` chat answered in sentences (as
-                   Vicuna is a chat model); questions answered in sentences; or in one word or phrase after
-                   LLaVA-1.5's short-answer instruction (never in the chat layout: that is stage 2's to teach).
+                   projector would ideally learn to feed from the pixels in stage 1. Such a page is, in
+                   equal shares: a caption in stage 1's `plain` layout (picture, caption, newline); a
+                   `vicuna_v1` chat answered in sentences (as Vicuna is a chat model); questions answered in
+                   sentences; or in one word or phrase after LLaVA-1.5's short-answer instruction (never in
+                   the chat layout: that is stage 2's to teach).
                    The LM never sees a picture.
 Seeded and deterministic on a given machine and torch build. Measured on 2 CPU cores:
 the vision tower 3 minutes, the LM 33 minutes (`--parts` re-trains one; `--help` for the sizes). Run from

@@ -6,13 +6,13 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
+import pytest
+import torch
+import transformers
 
-import hf_llava  # noqa: E402,F401  (registers the Auto classes)
-from hf_llava import tiny  # noqa: E402
-from hf_llava._compat import pil_image_processor  # noqa: E402
+import hf_llava
+from hf_llava import tiny
+from hf_llava._compat import pil_image_processor
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -75,7 +75,8 @@ def pretrained_parts(tmp_path):
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                        "num_attention_heads": 2, "image_size": 28, "patch_size": 14},
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "vocab_size": 99, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+                     "num_attention_heads": 2, "vocab_size": 99, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
         projection_dim=16))
     clip.save_pretrained(tmp_path / "clip")
     clip_image_processor = pil_image_processor("CLIPImageProcessor")  # the PIL one on both lines (no torchvision)

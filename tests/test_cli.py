@@ -68,7 +68,8 @@ def test_importing_the_package_registers_the_auto_classes_lazily():
 @pytest.mark.parametrize("argv,needle", [
     (["export-onnx", "{tmp}/missing", "{tmp}/out"], "{tmp}/missing"),
     (["convert", "--from", "llava-hf", "--to", "hf-llava", "{tmp}/missing", "{tmp}/out"], "missing"),
-    (["convert", "--from", "original", "--to", "llava-hf", "{tmp}/missing", "{tmp}/out"], "--from original --to llava-hf"),
+    (["convert", "--from", "original", "--to", "llava-hf", "{tmp}/missing", "{tmp}/out"],
+     "--from original --to llava-hf"),
 ])
 def test_bad_input_is_two_lines_exit_2_and_writes_nothing(tmp_path, capsys, cli_error, argv, needle):
     argv = [a.format(tmp=tmp_path) for a in argv]

@@ -22,7 +22,8 @@ COMMANDS = {
     "train": ("hf_llava.trainers.cli", "run LLaVA's stage 1 (feature alignment) or stage 2 (instruction tuning)"),
     "convert": ("hf_llava.conversion.cli", "convert original LLaVA / llava-hf checkpoints to and from hf-llava"),
     "export-onnx": ("hf_llava.onnx.cli", "export to ONNX (vision encoder, embeddings, decoder) and validate"),
-    "datagen": ("hf_llava.datagen.cli", "write LLaVA instruction data from captions and boxes with a text-only teacher"),
+    "datagen": ("hf_llava.datagen.cli",
+                "write LLaVA instruction data from captions and boxes with a text-only teacher"),
     "eval": ("hf_llava.eval.cli", "evaluate as the paper does: LLaVA-Bench (judge), multiple choice, VQA accuracy"),
 }
 EXIT_USAGE = 2  # what argparse returns for bad flags; used for every expected error

@@ -11,7 +11,8 @@ from hf_llava import tiny
 
 IMAGE_ID = 512  # `<image>` in the tiny tokenizer: the original tokenizer is the same minus this last token
 # Where transformers 4.57's llava keeps its weights on disk (llava-hf on the Hub, what vLLM / SGLang read).
-LLAVA_ON_DISK = ("language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.", "multi_modal_projector.")
+LLAVA_ON_DISK = ("language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.",
+                 "multi_modal_projector.")
 
 
 def original_state(model) -> dict:

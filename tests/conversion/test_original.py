@@ -15,7 +15,8 @@ def _check(out, tiny_model, images, conv):
     processor = transformers.AutoProcessor.from_pretrained(out)
     assert processor.image_token_id == conv.IMAGE_ID == model.config.image_token_index
     assert processor.chat_template == hf_llava.CHAT_TEMPLATES["vicuna_v1"]
-    assert type(processor.image_processor) is pil_image_processor("LlavaImageProcessor") and processor.image_processor.do_pad
+    assert type(processor.image_processor) is pil_image_processor("LlavaImageProcessor")
+    assert processor.image_processor.do_pad
     conv.assert_same_outputs(model, conv.with_mean_rows(tiny_model), processor, images)
     return model, processor
 

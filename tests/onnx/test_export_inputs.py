@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-import hf_llava  # noqa: E402
-from hf_llava.cli import main  # noqa: E402
-from hf_llava.onnx import ORTLlavaForConditionalGeneration, export_onnx  # noqa: E402
+import hf_llava
+from hf_llava.cli import main
+from hf_llava.onnx import ORTLlavaForConditionalGeneration, export_onnx
 
 
 @pytest.fixture()

@@ -8,10 +8,10 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort
 
-from hf_llava.cli import main  # noqa: E402
-from hf_llava.onnx import ORTLlavaForConditionalGeneration, export_onnx  # noqa: E402
+from hf_llava.cli import main
+from hf_llava.onnx import ORTLlavaForConditionalGeneration, export_onnx
 
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 
@@ -49,7 +49,7 @@ def test_fp32_export_layout_and_greedy_parity(saved_llava, tmp_path, tiny_model,
     got = ort_model.generate(**batch, do_sample=False, **detailed)
     assert torch.equal(got.sequences, ref.sequences) and len(got.logits) == 6
     for step, (a, b) in enumerate(zip(got.logits, ref.logits)):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m: f"step {step}: {m}")
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m, step=step: f"step {step}: {m}")
 
     # one prompt with two images
     two = _prompts(tiny_processor, images, ["USER: <image> and <image>\nCompare them. ASSISTANT:"])

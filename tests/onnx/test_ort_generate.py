@@ -11,9 +11,9 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from transformers import GenerationConfig  # noqa: E402
+from transformers import GenerationConfig
 
-from hf_llava.onnx import ORTLlavaForConditionalGeneration  # noqa: E402
+from hf_llava.onnx import ORTLlavaForConditionalGeneration
 
 PROMPTS = ["USER: <image>\nWhat is shown in the image? ASSISTANT:", "USER: <image>\nColor? ASSISTANT:"]
 

@@ -26,7 +26,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from hf_llava.onnx import export_onnx  # noqa: E402
+from hf_llava.onnx import export_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 TJS_DIR = Path(os.environ.get("HF_LLAVA_TRANSFORMERS_JS", REPO / ".transformers-js"))

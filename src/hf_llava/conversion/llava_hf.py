@@ -188,6 +188,6 @@ def convert_hf_llava_to_llava_hf(
         processor.save_pretrained(tmp)
         write_portable_processor_files(tmp)  # the 4.57 layout, which both lines read
         # Our classes registered `auto_map` on the tokenizer / image processor: stock transformers must not see it.
-        strip_json_fields([p for p in Path(tmp).glob("*.json") if p.name not in (SAFE_WEIGHTS_INDEX_NAME, "tokenizer.json")],
-                          ("auto_map",))
+        kept = (SAFE_WEIGHTS_INDEX_NAME, "tokenizer.json")
+        strip_json_fields([p for p in Path(tmp).glob("*.json") if p.name not in kept], ("auto_map",))
     return Path(dst)

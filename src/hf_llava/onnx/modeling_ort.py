@@ -130,7 +130,7 @@ class ORTLlavaForConditionalGeneration:
             raise FileNotFoundError(f"dtype={dtype!r}: missing {', '.join(missing)}; export with --dtype {dtype}.")
         if provider not in ort.get_available_providers():
             available = ort.get_available_providers()
-            warnings.warn(f"{provider} is not available in this onnxruntime ({available}); using CPU.")
+            warnings.warn(f"{provider} is not available in this onnxruntime ({available}); using CPU.", stacklevel=2)
         providers = [(provider, provider_options or {})]
         if provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")
@@ -140,7 +140,7 @@ class ORTLlavaForConditionalGeneration:
         }
         used = sessions["decoder_model_merged"].get_providers()[0]
         if used != provider:
-            warnings.warn(f"{provider} was requested but ONNX Runtime runs on {used}.")
+            warnings.warn(f"{provider} was requested but ONNX Runtime runs on {used}.", stacklevel=2)
         logger.info("loaded %s (%s) from %s on %s", ", ".join(onnx_file(dtype, g) for g in GRAPH_NAMES), dtype,
                     path, used)
         config_dict, _ = LlavaConfig.get_config_dict(path)

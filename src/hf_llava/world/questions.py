@@ -97,7 +97,8 @@ def _yes_no(shapes: Sequence[Shape], shape: Shape, rng: random.Random) -> QA:
 
 def make_questions(scenes: Sequence[Scene], seed: int, images: dict) -> list[dict]:
     """One question of each type per scene (a type the scene cannot support is skipped), without the
-    short-answer instruction (the evaluator adds it). Returns `[{"question_id", "image", "question", "answer", "type"}]`; `images` maps scene id -> image path.
+    short-answer instruction (the evaluator adds it). Returns `[{"question_id", "image", "question", "answer",
+    "type"}]`; `images` maps scene id -> image path.
     """
     rows = []
     for scene in scenes:

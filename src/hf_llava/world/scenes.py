@@ -144,7 +144,8 @@ def captions(scene: Scene, rng: random.Random) -> list[str]:
     n = len(shapes)
     first = listing(placed)
     lines = [first[0].upper() + first[1:] + "."]
-    lines.append(f"{count_phrase(n).capitalize()} on a grey background: {listing([with_article(s.name) for s in shapes])}.")
+    named = listing([with_article(s.name) for s in shapes])
+    lines.append(f"{count_phrase(n).capitalize()} on a grey background: {named}.")
     shuffled = rng.sample(shapes, n)
     lines.append(" ".join(f"The {s.quadrant} holds {describe_shape(s)}." for s in shuffled))
     kinds = sorted({s.kind for s in shapes}, key=SHAPES.index)
@@ -183,5 +184,6 @@ def write_scenes(scenes: list[Scene], folder: Union[str, Path], seed: int = 0, p
 
 
 __all__ = ["COLOURS", "IMAGE_SIZE", "MAX_SHAPES", "NUMBER_WORDS", "QUADRANTS", "SHAPES", "SIZES", "Scene", "Shape",
-           "captions", "count_phrase", "describe_shape", "draw", "instances", "listing", "make_scenes", "plural", "quadrant_of",
+           "captions", "count_phrase", "describe_shape", "draw", "instances", "listing", "make_scenes", "plural",
+           "quadrant_of",
            "random_scene", "size_of", "with_article", "write_scenes"]

@@ -117,7 +117,8 @@ def _shared_colour(shapes: list[Shape], rng: random.Random) -> str:
     colours = listing([f"the {s.kind} in the {s.quadrant} is {s.colour}" for s in shapes])
     verdict = (f"so the {listing(shared)} shapes share a colour" if shared
                else "so every shape has a colour of its own")
-    return f"Question: Do any two shapes in the picture have the same colour?\nAnswer: Looking at each one, {colours}; {verdict}."
+    return ("Question: Do any two shapes in the picture have the same colour?\n"
+            f"Answer: Looking at each one, {colours}; {verdict}.")
 
 
 def write_complex(captions: list[str], shapes: list[Shape], rng: random.Random) -> str:
