@@ -1,6 +1,9 @@
 """`hf-llava demo --quick`, the README's main job end to end: a LLaVA that learns to see, offline, on CPU."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -89,6 +92,27 @@ def test_cuda_without_a_cuda_device_names_the_cpu_flag(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) <= 2 and "--device cpu" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("missing", ["trl", "onnxruntime"])
+def test_without_its_extras_the_demo_names_the_install_command(tmp_path, missing):
+    # an install without the extra: importing the package fails, as on a bare `pip install hf-llava`
+    code = (f"import sys\nsys.modules[{missing!r}] = None\nfrom hf_llava.cli import main\n"
+            f"sys.exit(main(['demo', '--quick', '--output', {str(tmp_path / 'out')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(err) <= 2 and err[0].startswith("hf-llava demo: error: "), err
+    extra = "train" if missing == "trl" else "onnx"
+    assert f"pip install 'hf-llava[{extra}]'" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_help_says_what_the_demo_runs():
+    done = subprocess.run([sys.executable, "-m", "hf_llava.cli", "demo", "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "300"})
+    description = done.stdout.split("\n\n")[1]  # usage, then the description
+    assert done.returncode == 0 and "stage 1" in description and "ONNX" in description, done.stdout
 
 
 def test_the_default_output_is_a_fresh_folder(tmp_path):

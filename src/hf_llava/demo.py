@@ -64,14 +64,14 @@ def default_output(cwd: Optional[Path] = None) -> Path:
 
 
 def resolve_device(device: Optional[str]) -> str:
+    """`device`, or cuda when torch sees one and cpu otherwise; a CUDA device on a machine without one is an error."""
     import torch
+
+    from ._loading import check_device
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device={device!r}: expected cpu or cuda.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda': torch sees no CUDA device here; pass device=cpu.")
+    check_device(device)
     return device
 
 
@@ -255,6 +255,8 @@ def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, 
     from ._atomic import atomic_output, check_output_folder
     from ._extras import require
 
+    for module in ("trl", "peft", "datasets", "accelerate"):
+        require(module, "train", "The demo's training steps")
     require("onnxruntime", "onnx", "The demo's ONNX step")
     device = resolve_device(device)
     output = check_output_folder(output if output is not None else default_output(), overwrite)
