@@ -3,24 +3,34 @@
 Each entry says what changed and in which version; code elsewhere asks this module instead of
 checking versions itself.
 
-The copied `trust_remote_code` files (modeling/, processing/) load alone and may not import this module, so the
-differences they meet are feature-detected where they are handled, with a comment; listed here so that this
-module stays the one catalogue:
+Which line is installed is decided in one place per world, by the version, never by whether a private module
+imports (a release that moves one would then silently take the 4.57 path): `TRANSFORMERS_5` below for the
+package, `configuration_llava.TRANSFORMERS_5` for the model files copied next to checkpoints for
+`trust_remote_code` (configuration_llava.py, modeling_llava.py), which load alone and may not import this module;
+on their 5.x branch 5.x's private modules are imported unconditionally, so a move fails loudly. The copied
+processor file (processing_llava.py) imports no model file and detects its differences where it handles them.
+The differences the copied files meet, listed here so that this module stays the one catalogue:
 - 5.0 `save_pretrained` writes the image processor nested in `processor_config.json`, the tokenizer class as
   `TokenizersBackend` and `extra_special_tokens` as a list; 4.57 reads none of these.
   `processing_llava.write_portable_processor_files` rewrites them in 4.57's layout (5.x reads it too).
 - 5.0 LM configs keep RoPE in `rope_parameters` only; 4.57 reads `rope_theta` / `rope_scaling`
-  (`configuration_llava.add_legacy_rope_fields` writes both).
+  (`LlavaConfig.to_json_string` writes both through `configuration_llava.add_legacy_rope_fields`; `to_dict`
+  stays the LM config's own, so a dict round trip is stable).
 - 5.0 flattens CLIP / SigLIP vision models (no `vision_model.` level) and renames checkpoint keys through
-  `conversion_mapping`; `modeling_llava.LlavaPreTrainedModel.checkpoint_key_renamer` / `saved_key_names` ask
-  the installed line how it renames, so the on-disk names stay 4.57's llava layout on both lines.
-- 5.0 records hidden states with hooks installed on a model's first recording call
-  (`transformers.utils.output_capturing`); `modeling_llava._first_layers` installs them before it hides layers.
+  `transformers.conversion_mapping` / `transformers.core_model_loading`; `modeling_llava.LlavaPreTrainedModel.
+  checkpoint_key_renamer` / `saved_key_names` ask the installed line how it renames, so the on-disk names stay
+  4.57's llava layout on both lines.
+- 5.x `get_image_features` returns a `BaseModelOutputWithPooling` (the visual tokens as `pooler_output`, the
+  tower's states beside them) where 4.57 returns the tokens; ours follows the installed line, and 5.x's outputs
+  carry the encoder's output as `image_outputs` beside our `image_hidden_states`.
+- 5.x tensor parallelism shards the LM's `embed_tokens`: `LlavaForConditionalGeneration._tp_plan` shards the
+  tied `lm_head` with it, as 5.x's llava.
 - 5.0 image processors have backends (`backend="pil"`, replacing `use_fast=False`): `processing_llava` asks
   for the PIL one and keeps the option away from the tokenizer.
 - 5.25 renames the KV cache `past_key_values` -> `cache` (forward keyword and output field; the old name warns):
-  `modeling_llava.CACHE_NAME` is the installed line's name; its forwards take either and its outputs declare
-  that one. Code outside the copied files uses `CACHE_NAME` below.
+  `modeling_llava.CACHE_NAME` is the installed line's name; its forwards take either (the old one warns on
+  5.25+, as transformers' models do) and its outputs declare that one. Code outside the copied files uses
+  `CACHE_NAME` below.
 """
 
 import transformers
@@ -28,6 +38,8 @@ from packaging.version import Version
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
+# The package's one test for the 5.x line (the copied files': `configuration_llava.TRANSFORMERS_5`).
+TRANSFORMERS_5 = TRANSFORMERS_VERSION.major >= 5
 # 5.0 removed `AutoModelForVision2Seq`; `AutoModelForImageTextToText` is the name on both lines.
 HAS_VISION2SEQ = hasattr(transformers, "AutoModelForVision2Seq")
 
@@ -45,7 +57,7 @@ CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ 
 # 5.0: `GenerationConfig()` leaves every field None ("unset") and `generate()` fills the unset ones from the
 # model's generation config, then from `GenerationConfig._get_default_generation_params()`; 4.57 sets those
 # defaults in `GenerationConfig()` itself.
-GENERATION_DEFAULTS_ON_USE = hasattr(transformers.GenerationConfig, "_get_default_generation_params")
+GENERATION_DEFAULTS_ON_USE = TRANSFORMERS_5
 
 
 def complete_generation_config(config, model_config=None):
@@ -69,5 +81,7 @@ def auto_model_classes() -> list:
     return [getattr(transformers, name) for name in names]
 
 
-__all__ = ["CACHE_NAME", "GENERATION_DEFAULTS_ON_USE", "HAS_IMAGE_BACKENDS", "HAS_VISION2SEQ", "PIL_IMAGE_PROCESSOR_KWARGS",
-           "TRANSFORMERS_VERSION", "auto_model_classes", "complete_generation_config", "pil_image_processor"]
+__all__ = [
+    "CACHE_NAME", "GENERATION_DEFAULTS_ON_USE", "HAS_IMAGE_BACKENDS", "HAS_VISION2SEQ", "PIL_IMAGE_PROCESSOR_KWARGS",
+    "TRANSFORMERS_5", "TRANSFORMERS_VERSION", "auto_model_classes", "complete_generation_config", "pil_image_processor",
+]

@@ -165,7 +165,8 @@ def test_from_vision_and_text(pretrained_parts):
         assert torch.equal(model.vision_tower.state_dict()[name], tensor), name
     n = len(tokenizer)
     assert torch.equal(model.get_input_embeddings().weight[:n], llama.model.embed_tokens.weight)
-    assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, llama.model.layers[0].mlp.up_proj.weight)
+    up_proj = model.model.language_model.layers[0].mlp.up_proj.weight
+    assert torch.equal(up_proj, llama.model.layers[0].mlp.up_proj.weight)
     assert model.config.base_models == [str(clip_path), str(llama_path)]
     assert not any(p.is_meta for p in model.parameters())
     # the projector starts as LLaVA's: normal(0, initializer_range), zero bias (not torch's uniform default, std
@@ -189,7 +190,9 @@ def test_saved_weights_load_back_with_load_state_dict(saved_llava, tiny_config):
 
     state = load_file(saved_llava / "model.safetensors")
     # transformers 4.57's on-disk llava layout on both lines (5.x's CLIP has no `vision_model.` level in memory)
-    layout = ("language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.", "multi_modal_projector.")
+    layout = (
+        "language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.", "multi_modal_projector.",
+    )
     assert all(k.startswith(layout) for k in state) and any(k.startswith("vision_tower.vision_model.") for k in state)
     fresh = LlavaForConditionalGeneration(tiny_config)
     result = fresh.load_state_dict(state, strict=False)
@@ -201,7 +204,9 @@ def test_saved_weights_load_back_with_load_state_dict(saved_llava, tiny_config):
 
 def test_from_vision_and_text_siglip_and_a_tied_qwen2(tmp_path):
     """A SigLIP tower (no CLS, no crop) + a Qwen2 LM with tied, padded embeddings and its own stop tokens."""
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, SiglipConfig, SiglipImageProcessor, SiglipModel
+    from transformers import (
+        GenerationConfig, Qwen2Config, Qwen2ForCausalLM, SiglipConfig, SiglipImageProcessor, SiglipModel,
+    )
 
     torch.manual_seed(0)
     siglip = SiglipModel(SiglipConfig(

@@ -3,10 +3,20 @@
 import pytest
 import torch
 
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
 from hf_llava import LlavaForConditionalGeneration
+from hf_llava._compat import TRANSFORMERS_5
 from hf_llava.tiny import build_config
 
 from .test_parity import anchor_from, batch_of_two
+
+
+def visual_tokens(model, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+    """`get_image_features`' visual tokens `(num_images, tokens, text_hidden)`: what it returns on transformers 4.57,
+    its `pooler_output` on 5.x (as 5.x's llava)."""
+    output = model.get_image_features(pixel_values, **kwargs)
+    return output.pooler_output if TRANSFORMERS_5 else output
 
 
 @pytest.mark.parametrize(
@@ -22,7 +32,7 @@ def test_projector_layouts(tokenizer, projector_type, names):
     model = LlavaForConditionalGeneration(config)
     assert set(model.multi_modal_projector.state_dict()) == names
     pixel_values = torch.randn(2, 3, 30, 30)
-    assert model.get_image_features(pixel_values).shape == (2, 25, 64)
+    assert visual_tokens(model, pixel_values).shape == (2, 25, 64)
 
 
 def test_identity_projector_passes_features_through(tokenizer):
@@ -32,7 +42,7 @@ def test_identity_projector_passes_features_through(tokenizer):
     pixel_values = torch.randn(1, 3, 30, 30)
     with torch.no_grad():
         hidden = model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
-        assert torch.equal(model.get_image_features(pixel_values), hidden)
+        assert torch.equal(visual_tokens(model, pixel_values), hidden)
 
 
 @pytest.mark.parametrize("text_model_type", ["mistral", "qwen2"])
@@ -63,13 +73,13 @@ def test_siglip_tower_with_full_strategy(tokenizer):
     model = LlavaForConditionalGeneration(config).eval()
     assert type(model.vision_tower).__name__ == "SiglipVisionModel"
     assert config.image_seq_length == 25  # no CLS in SigLIP
-    assert model.get_image_features(torch.randn(1, 3, 30, 30)).shape == (1, 25, 64)
+    assert visual_tokens(model, torch.randn(1, 3, 30, 30)).shape == (1, 25, 64)
 
 
 @pytest.mark.parametrize("layer", [-2, -1, 0, 1, [-3, -1], [0, -2]])
-def test_image_features_skip_the_tower_layers_after_the_deepest_selected(tiny_config, tiny_processor, images, layer):
-    """The tower stops after the deepest layer LLaVA reads (-2: the last layer is never run), with the same
-    features as the whole tower's hidden states, and is left whole afterwards."""
+def test_image_features_read_the_selected_layers_of_the_whole_tower(tiny_config, tiny_processor, images, layer):
+    """Every tower layer runs (a model shared by threads is never shortened during a call), the features are the
+    selected hidden states, projected, and the tower is left as it was."""
     torch.manual_seed(0)
     config = tiny_config.__class__.from_dict({**tiny_config.to_dict(), "vision_feature_layer": layer})
     model = LlavaForConditionalGeneration(config).eval()
@@ -82,13 +92,37 @@ def test_image_features_skip_the_tower_layers_after_the_deepest_selected(tiny_co
     hooks = [block.register_forward_hook(lambda *_: ran.append(1))
              for name, block in tower.named_modules() if name.endswith(layer_names)]
     with torch.no_grad():
-        features = model.model.get_image_features(pixel_values)
+        features = visual_tokens(model.model, pixel_values)
     for hook in hooks:
         hook.remove()
-    positions = [i % (num_layers + 1) for i in ([layer] if isinstance(layer, int) else layer)]
-    assert len(ran) == max(1, *positions)
+    assert len(ran) == num_layers
+    positions = [layer] if isinstance(layer, int) else layer
     with torch.no_grad():
         states = tower(pixel_values, output_hidden_states=True).hidden_states
         expected = torch.cat([states[i][:, 1:] for i in positions], dim=-1)
         assert torch.equal(features, model.model.multi_modal_projector(expected))
     assert [id(p) for p in tower.parameters()] == parameters and len(states) == num_layers + 1
+
+
+def test_a_layer_the_tower_has_not_is_an_error_naming_its_depth(tiny_model):
+    with pytest.raises(ValueError, match="vision_feature_layer=-4, but the vision tower has 2 layers"):
+        tiny_model.get_image_features(torch.randn(1, 3, 30, 30), vision_feature_layer=-4)
+
+
+def test_get_image_features_returns_what_the_installed_line_s_llava_returns(tiny_model):
+    """4.57: the visual tokens. 5.x: a `BaseModelOutputWithPooling` with them as `pooler_output` and the tower's
+    states beside them (a tuple with return_dict=False), as transformers' llava on each line."""
+    pixel_values = torch.randn(2, 3, 30, 30)
+    with torch.no_grad():
+        output = tiny_model.get_image_features(pixel_values)
+        if not TRANSFORMERS_5:
+            assert isinstance(output, torch.Tensor) and output.shape == (2, 25, 64)
+            return
+        assert isinstance(output, BaseModelOutputWithPooling)
+        assert output.pooler_output.shape == (2, 25, 64) and output.last_hidden_state.shape == (2, 26, 32)
+        assert output.hidden_states is None  # only when asked for
+        assert len(tiny_model.get_image_features(pixel_values, output_hidden_states=True).hidden_states) == 3
+        as_tuple = tiny_model.get_image_features(pixel_values, return_dict=False)
+        assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], output.pooler_output)
+        forward = tiny_model(input_ids=torch.full((2, 25), tiny_model.config.image_token_id), pixel_values=pixel_values)
+        assert torch.equal(forward.image_outputs.pooler_output, forward.image_hidden_states)

@@ -7,14 +7,21 @@ belongs to transformers.
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
 
+import json
 import re
 from typing import Optional, Union
 
+import transformers
+from packaging import version
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto import CONFIG_MAPPING
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
+
+# transformers 5.x or 4.57, by the version: the one place the copied files ask (this file and modeling_llava.py,
+# which imports it; they load alone next to checkpoints and cannot import hf_llava._compat, the package's home).
+TRANSFORMERS_5 = version.parse(transformers.__version__).major >= 5
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp{N}x_gelu", "identity")
 VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
@@ -164,7 +171,8 @@ class LlavaConfig(PretrainedConfig):
         if self.image_aspect_ratio not in ("pad", "square"):
             raise ValueError(f"image_aspect_ratio={self.image_aspect_ratio!r}: expected 'pad' or 'square'.")
         num_layers = 1 if isinstance(layer, int) else len(layer)
-        if self.projector_type == "identity" and self.vision_config.hidden_size * num_layers != self.text_config.hidden_size:
+        vision_width = self.vision_config.hidden_size * num_layers
+        if self.projector_type == "identity" and vision_width != self.text_config.hidden_size:
             raise ValueError(
                 f"projector_type='identity' needs the vision features ({self.vision_config.hidden_size} x "
                 f"{num_layers} layer(s)) to match the LM hidden size ({self.text_config.hidden_size}); "
@@ -176,12 +184,15 @@ class LlavaConfig(PretrainedConfig):
                 "a real image patch is dropped. Use 'full' for such towers.", self.vision_config.model_type
             )
 
-    def to_dict(self) -> dict:
-        """As transformers, plus the LM's RoPE fields as 4.57 reads them (see `add_legacy_rope_fields`)."""
-        output = super().to_dict()
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """As transformers, plus the LM's RoPE fields as 4.57 reads them (see `add_legacy_rope_fields`).
+
+        Only in what is written (config.json): `to_dict` stays the LM config's own dict, so a dict round trip, or
+        the text config loaded alone from the folder, gives back the same config."""
+        output = json.loads(super().to_json_string(use_diff=use_diff))
         if isinstance(output.get("text_config"), dict):
             add_legacy_rope_fields(output["text_config"])
-        return output
+        return json.dumps(output, indent=2, sort_keys=True) + "\n"
 
     @property
     def num_additional_image_tokens(self) -> int:
@@ -198,4 +209,6 @@ class LlavaConfig(PretrainedConfig):
         return tokens
 
 
-__all__ = ["LlavaConfig", "PROJECTOR_TYPES", "add_legacy_rope_fields", "has_cls_token", "projector_depth"]
+__all__ = [
+    "LlavaConfig", "PROJECTOR_TYPES", "TRANSFORMERS_5", "add_legacy_rope_fields", "has_cls_token", "projector_depth",
+]

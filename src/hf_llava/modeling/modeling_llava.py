@@ -9,8 +9,8 @@ This file is copied next to saved checkpoints for `trust_remote_code` loading: r
 """
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Optional, Union
 
@@ -19,45 +19,19 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, ModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+    ModelOutput,
+)
 from transformers.utils import can_return_tuple
 
-from .configuration_llava import LlavaConfig, projector_depth
+from .configuration_llava import TRANSFORMERS_5, LlavaConfig, projector_depth
 
-
-def _tower_encoder(tower: nn.Module) -> Optional[nn.Module]:
-    """The encoder whose `layers` ModuleList a CLIP / SigLIP-style tower runs in order (None for other towers).
-
-    transformers 4.57 nests it under `vision_model`; 5.x's CLIP / SigLIP vision models hold it directly.
-    """
-    for owner in (getattr(tower, "vision_model", None), tower):
-        encoder = getattr(owner, "encoder", None)
-        if isinstance(getattr(encoder, "layers", None), nn.ModuleList):
-            return encoder
-    return None
-
-
-@contextmanager
-def _first_layers(tower: nn.Module, encoder: Optional[nn.Module], count: int) -> Iterator[None]:
-    """Run only the first `count` encoder layers of `tower` inside the block: LLaVA reads a hidden state before
-    the last layer (-2 by default), so the layers after the deepest selected one are wasted work on every image.
-    The swap is per call (not thread-safe for concurrent forwards of one model, as transformers' own models)."""
-    if encoder is None or count >= len(encoder.layers):
-        yield
-        return
-    try:  # transformers >= 5 records hidden states by hooks, put on the layers present at the first recording call
-        from transformers.utils.output_capturing import maybe_install_capturing_hooks
-    except ImportError:  # 4.57 collects them in the encoder's loop
-        pass
-    else:
-        maybe_install_capturing_hooks(tower)  # so on every layer, before some are hidden
-    layers = encoder.layers
-    encoder.layers = nn.ModuleList(list(layers)[:count])  # the same modules, fewer of them
-    try:
-        yield
-    finally:
-        encoder.layers = layers
-
+if TRANSFORMERS_5:  # 5.x's loading machinery, imported unconditionally: a release that moves it fails here, loudly
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, apply_renamings, revert_weight_conversion
 
 # transformers 5.25 renamed the KV cache `past_key_values` -> `cache`, as a keyword of every forward and as the
 # field of every output (the old name warns, and is to go in 5.40); earlier lines know only `past_key_values`.
@@ -65,33 +39,48 @@ def _first_layers(tower: nn.Module, encoder: Optional[nn.Module], count: int) ->
 CACHE_NAME = "cache" if "cache" in {field.name for field in fields(BaseModelOutputWithPast)} else "past_key_values"
 
 
-def _the_cache(past_key_values: Optional[Cache], cache: Optional[Cache]) -> Optional[Cache]:
-    """The KV cache passed under either name (`cache` from transformers 5.25 on, `past_key_values` before)."""
+def _the_cache(past_key_values: Optional[Cache], cache: Optional[Cache], owner: str) -> Optional[Cache]:
+    """The KV cache passed under either name (`cache` from transformers 5.25 on, `past_key_values` before); the old
+    name warns where the installed line has renamed it, as transformers' own models do."""
     if past_key_values is not None and cache is not None:
         raise ValueError("Both `cache` and `past_key_values` were given: pass the KV cache once, as `cache` "
                          "(transformers >= 5.25) or `past_key_values` (earlier).")
+    if past_key_values is not None and CACHE_NAME == "cache":
+        warnings.warn(f"`past_key_values` is deprecated for `{owner}.forward` (transformers 5.25 renamed it, and "
+                      "5.40 removes it). Use `cache` instead.", FutureWarning, stacklevel=3)
     return cache if cache is not None else past_key_values
 
 
+class _MultimodalOutput:
+    """`to_tuple` with the image encoder's output as a nested tuple, as transformers 5's multimodal outputs have it."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in super().to_tuple())
+
+
 @dataclass
-class LlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
+class LlavaCausalLMOutputWithPast(_MultimodalOutput, CausalLMOutputWithPast):
     """Output of [`LlavaForConditionalGeneration`].
 
     loss: `(1,)` language-modeling loss where `labels != -100`.
     logits: `(batch, seq_len, vocab)`.
     past_key_values (`cache` from transformers 5.25 on): the KV cache.
     image_hidden_states: `(num_images, num_image_tokens, text_hidden_size)`, projected visual tokens.
+    image_outputs (transformers 5.x; None on 4.57): the image encoder's output as 5.x's `get_image_features` gives
+        it (`pooler_output` = `image_hidden_states`, plus the tower's states), where 5.x's multimodal outputs have it.
     """
 
     image_hidden_states: Optional[torch.FloatTensor] = None
+    image_outputs: Optional[BaseModelOutputWithPooling] = None
 
 
 @dataclass
-class LlavaModelOutputWithPast(BaseModelOutputWithPast):
+class LlavaModelOutputWithPast(_MultimodalOutput, BaseModelOutputWithPast):
     """Output of [`LlavaModel`]: the LM's last hidden state (and KV cache, as the LM names it) plus the projected
-    visual tokens."""
+    visual tokens (`image_hidden_states`; on transformers 5.x `image_outputs` too, as `LlavaCausalLMOutputWithPast`)."""
 
     image_hidden_states: Optional[torch.FloatTensor] = None
+    image_outputs: Optional[BaseModelOutputWithPooling] = None
 
 
 class LlavaMultiModalProjector(nn.Module):
@@ -149,10 +138,8 @@ class LlavaPreTrainedModel(PreTrainedModel):
     def _keep_saved_key_names(self) -> None:
         """transformers >= 5 saves by reversing the renames a model was loaded with; give a model built
         from a config the same renames (ours, and the towers' own), so every folder has llava's names.
-        Feature-detected: this file is copied next to checkpoints and cannot import hf-llava's compat module."""
-        try:
-            from transformers.conversion_mapping import get_model_conversion_mapping
-        except ImportError:  # transformers 4.57: save_pretrained reverses `_checkpoint_conversion_mapping` itself
+        """
+        if not TRANSFORMERS_5:  # 4.57's save_pretrained reverses `_checkpoint_conversion_mapping` itself
             return
         if getattr(self, "_weight_conversions", None) is None:
             self._weight_conversions = get_model_conversion_mapping(
@@ -166,10 +153,7 @@ class LlavaPreTrainedModel(PreTrainedModel):
         has no `vision_model.` level in memory). 4.57: the mapping alone, first match wins, as 4.57 does.
         """
         mapping = getattr(self, "_checkpoint_conversion_mapping", None) or {}
-        try:
-            from transformers.conversion_mapping import get_model_conversion_mapping
-            from transformers.core_model_loading import WeightRenaming, apply_renamings
-        except ImportError:  # transformers 4.57
+        if not TRANSFORMERS_5:
             def rename(key: str) -> str:
                 for pattern, replacement in mapping.items():
                     key, hits = re.subn(pattern, replacement, key)
@@ -186,9 +170,7 @@ class LlavaPreTrainedModel(PreTrainedModel):
         """Parameter / buffer name -> the key `save_pretrained` writes it under (transformers 4.57's llava
         layout on both lines: `language_model.model.*`, `vision_tower.vision_model.*`, ...)."""
         names = list(self.state_dict())
-        try:
-            from transformers.core_model_loading import revert_weight_conversion
-        except ImportError:  # transformers 4.57 reverses `_checkpoint_conversion_mapping` on save, first match wins
+        if not TRANSFORMERS_5:  # 4.57 reverses `_checkpoint_conversion_mapping` on save, first match wins
             reverse = [(new.lstrip("^"), old.lstrip("^")) for old, new in self._checkpoint_conversion_mapping.items()]
 
             def saved(name: str) -> str:
@@ -239,14 +221,16 @@ class LlavaModel(LlavaPreTrainedModel):
     def get_decoder(self):
         return self.language_model
 
-    def get_image_features(
+    def _image_outputs(
         self,
         pixel_values: torch.FloatTensor,
         vision_feature_layer: Optional[Union[int, list[int]]] = None,
         vision_feature_select_strategy: Optional[str] = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        """`(num_images, channels, height, width)` -> `(num_images, num_image_tokens, text_hidden_size)`."""
+        output_hidden_states: Optional[bool] = None,
+        **tower_kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """The visual tokens `(num_images, num_image_tokens, text_hidden_size)` as `pooler_output`, beside the tower's
+        `last_hidden_state`, `attentions` and (when asked for, by argument or config) `hidden_states`."""
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = (
             self.config.vision_feature_select_strategy
@@ -255,26 +239,51 @@ class LlavaModel(LlavaPreTrainedModel):
         )
         if strategy not in ("default", "full"):
             raise ValueError(f"vision_feature_select_strategy={strategy!r}: expected 'default' or 'full'.")
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        tower_kwargs = {k: v for k, v in tower_kwargs.items() if v is not None}
+        # The whole tower runs, also the layers after the one LLaVA reads (-2: one of CLIP-L's 24): a model is
+        # shared by threads and compiled graphs, so nothing about it changes during a call.
+        tower = self.vision_tower(
+            pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, return_dict=True, **tower_kwargs
+        )
+        hidden_states = tower.hidden_states  # the embeddings, then each layer's output
         layers = [layer] if isinstance(layer, int) else layer
-        encoder = _tower_encoder(self.vision_tower)
-        if encoder is not None and not kwargs.get("output_attentions"):
-            # hidden_states holds the embeddings then each layer's output: num_layers + 1 entries
-            num_states = len(encoder.layers) + 1
-            if all(-num_states <= i < num_states for i in layers):
-                layers = [i % num_states for i in layers]
-            else:
-                encoder = None  # out of range: let the tower's own indexing raise
-        # at least one layer: with none, the towers return no hidden states at all (not even the embeddings)
-        with _first_layers(self.vision_tower, encoder, max(1, *layers) if encoder is not None else 0):
-            outputs = self.vision_tower(pixel_values, output_hidden_states=True, **kwargs)
+        if not all(-len(hidden_states) <= i < len(hidden_states) for i in layers):
+            raise ValueError(
+                f"vision_feature_layer={layer!r}, but the vision tower has {len(hidden_states) - 1} layers: hidden "
+                f"states {-len(hidden_states)}..{len(hidden_states) - 1} exist (0 is the embeddings)."
+            )
         # each (num_images, 1 + num_patches, vision_hidden) for CLIP; CLS first
-        selected = [outputs.hidden_states[i] for i in layers]
+        selected = [hidden_states[i] for i in layers]
         if strategy == "default":
             selected = [hs[:, 1:] for hs in selected]
         features = selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1)
-        return self.multi_modal_projector(features)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states or self.config.vision_config.output_hidden_states
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower.last_hidden_state,
+            pooler_output=self.multi_modal_projector(features),
+            hidden_states=hidden_states if output_hidden_states else None,
+            attentions=tower.attentions,
+        )
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: Optional[Union[int, list[int]]] = None,
+        vision_feature_select_strategy: Optional[str] = None,
+        **kwargs,
+    ) -> Union[torch.Tensor, BaseModelOutputWithPooling, tuple]:
+        """`(num_images, channels, height, width)` -> visual tokens `(num_images, num_image_tokens, text_hidden_size)`.
+
+        transformers 4.57: that tensor, as 4.57's llava. 5.x: as 5.x's llava, a `BaseModelOutputWithPooling` whose
+        `pooler_output` is that tensor (`last_hidden_state`, `hidden_states`, `attentions`: the tower's), a tuple
+        with `return_dict=False`.
+        """
+        return_dict = kwargs.pop("return_dict", None)
+        outputs = self._image_outputs(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)
+        if not TRANSFORMERS_5:
+            return outputs.pooler_output
+        return outputs if (self.config.return_dict if return_dict is None else return_dict) else outputs.to_tuple()
 
     def _splice_image_features(
         self,
@@ -335,18 +344,21 @@ class LlavaModel(LlavaPreTrainedModel):
         cache: Optional[Cache] = None,
         **kwargs,
     ) -> LlavaModelOutputWithPast:
-        past_key_values = _the_cache(past_key_values, cache)
+        past_key_values = _the_cache(past_key_values, cache, type(self).__name__)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, H)
-        image_features = None
+        image_outputs = image_features = None
         if pixel_values is None and input_ids is not None and self._prompt_step(input_ids, past_key_values):
             self._check_no_image_tokens(input_ids)
         if pixel_values is not None:
-            image_features = self.get_image_features(
-                pixel_values, vision_feature_layer, vision_feature_select_strategy
+            # transformers 5.x returns the image encoder's states too (`image_outputs`), when asked as for the LM's
+            asked = {k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")} if TRANSFORMERS_5 else {}
+            image_outputs = self._image_outputs(
+                pixel_values, vision_feature_layer, vision_feature_select_strategy, **asked
             )
+            image_features = image_outputs.pooler_output
             inputs_embeds = self._splice_image_features(input_ids, inputs_embeds, image_features)
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -362,6 +374,7 @@ class LlavaModel(LlavaPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
+            image_outputs=image_outputs if TRANSFORMERS_5 else None,
         )
 
 
@@ -376,6 +389,9 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
     }
     # A dict on transformers 5 (tied key -> its source); 4.57 reads only the keys.
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # Tensor parallelism (transformers 5, `tp_plan="auto"`): the head sharded as transformers' llava shards it, since
+    # the LM's plan shards `embed_tokens`, and a tied pair must be sharded both or neither.
+    _tp_plan = {"lm_head": "colwise_gather_output"} if TRANSFORMERS_5 else None
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
@@ -419,8 +435,11 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
     def multi_modal_projector(self):
         return self.model.multi_modal_projector
 
-    def get_image_features(self, pixel_values: torch.FloatTensor, **kwargs) -> torch.Tensor:
-        """`(num_images, C, H, W)` -> `(num_images, num_image_tokens, text_hidden_size)`."""
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs
+    ) -> Union[torch.Tensor, BaseModelOutputWithPooling, tuple]:
+        """`LlavaModel.get_image_features`: the visual tokens, a tensor on transformers 4.57; on 5.x the encoder's
+        output with them as `pooler_output`."""
         return self.model.get_image_features(pixel_values, **kwargs)
 
     @can_return_tuple
@@ -442,13 +461,12 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
     ) -> LlavaCausalLMOutputWithPast:
         """Args as transformers' llava. `labels` `(B, T)`: -100 is ignored; the shift happens inside. The KV cache
         comes as `cache` (transformers >= 5.25's name) or `past_key_values` (earlier lines' name)."""
-        past_key_values = _the_cache(past_key_values, cache)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_the_cache(past_key_values, cache, type(self).__name__),
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
@@ -470,6 +488,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
@@ -485,7 +504,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         return model_inputs
 
     def add_auto_map_aliases(self) -> None:
-        """`AutoModelForVision2Seq` in the config's `auto_map` beside the registered name (one class, two Auto names)."""
+        """`AutoModelForVision2Seq` in the config's `auto_map` beside the registered name (one class, 2 Auto names)."""
         if self._auto_class is not None:
             auto_map = dict(getattr(self.config, "auto_map", None) or {})
             auto_map["AutoModelForVision2Seq"] = f"modeling_llava.{type(self).__name__}"
