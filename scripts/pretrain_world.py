@@ -28,7 +28,6 @@ import dataclasses
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionM
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # the normalisation real towers use
 
+from hf_llava._io import atomic_folder
 from hf_llava.processing.chat_templates import VICUNA_SYSTEM
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, pretrained_root
 from hf_llava.world.questions import QUESTION_TYPES, ask
@@ -333,13 +333,9 @@ def main(argv=None) -> int:
                 read = shorthand_qa(lm.lm, tokenizer, seed=args.seed, **kwargs)
                 print(f"LM answers questions about a picture in shorthand {name}: {_scores(read)}")
             pieces = (lm.lm, tokenizer)
-        # written beside the old folder, then swapped in: an interrupted run never leaves half a part
-        staging = output / f".{part}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        for piece in pieces:
-            piece.save_pretrained(staging)
-        shutil.rmtree(output / part, ignore_errors=True)
-        staging.rename(output / part)
+        with atomic_folder(output / part) as staging:  # an interrupted run never leaves half a part
+            for piece in pieces:
+                piece.save_pretrained(staging)
     size = sum(f.stat().st_size for f in output.rglob("*.safetensors")) / 2**20
     print(f"wrote {output} ({size:.1f} MB of safetensors) in {time.perf_counter() - start:.0f} s")
     return 0

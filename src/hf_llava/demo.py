@@ -252,7 +252,7 @@ def chance_line(questions: list[dict]) -> dict:
 
 def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, overwrite: bool = False) -> dict:
     """The whole demo into `output` (default: `default_output()`); returns the report (also `report.json`)."""
-    from ._atomic import atomic_output, check_output_folder
+    from ._io import atomic_output, check_output_folder
     from ._extras import require
 
     for module in ("trl", "peft", "datasets", "accelerate"):

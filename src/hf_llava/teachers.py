@@ -11,6 +11,10 @@ how many times it was retried. One failed request never stops the others.
 
 The API key comes from `OPENAI_API_KEY` (or `api_key=`) and goes to the client only: it is never printed,
 logged or written. Without one, a placeholder is sent (local servers ignore it).
+
+A server that cannot serve any request (nothing listening, the key refused, a wrong URL or model name: 404)
+would otherwise fail every request after all its retries, one log line each, for as long as the run lasts:
+`OpenAITeacher` raises `TeacherUnavailable` after `STOP_AFTER` such failures in a row instead.
 """
 
 import os
@@ -22,7 +26,12 @@ from typing import Optional, Protocol, runtime_checkable
 
 Messages = list[dict]  # [{"role": "system" | "user" | "assistant", "content": str}, ...]
 PLACEHOLDER_API_KEY = "EMPTY"  # what vLLM / SGLang docs use; sent when OPENAI_API_KEY is unset
+STOP_AFTER = 3  # failures in a row that say the server cannot serve any request (each already retried)
 _MAX_ERROR_CHARS = 300  # a server's error body can be a whole HTML page
+
+
+class TeacherUnavailable(ConnectionError):
+    """The server cannot serve any request: unreachable, refusing the key, or no such URL or model."""
 
 
 @dataclass(frozen=True)
@@ -92,16 +101,16 @@ class OpenAITeacher(BaseTeacher):
                              "e.g. http://localhost:8000/v1.")
         if not model:
             raise ValueError("model='': name the model the server serves (its id in GET /v1/models).")
-        for name, value in (("concurrency", concurrency), ("timeout", timeout), ("max_tokens", max_tokens)):
+        for setting, value in (("concurrency", concurrency), ("timeout", timeout), ("max_tokens", max_tokens)):
             if value <= 0:
-                raise ValueError(f"{name}={value}: must be positive.")
+                raise ValueError(f"{setting}={value}: must be positive.")
         if max_retries < 0:
             raise ValueError(f"max_retries={max_retries}: must be 0 or more.")
         from ._extras import require
 
         openai = require("openai", "teacher", "A teacher or judge on an OpenAI-compatible server")
 
-        self.name, self.base_url, self.concurrency = model, base_url, concurrency
+        self.name, self.base_url, self.concurrency, self.timeout = model, base_url, concurrency, timeout
         self.max_retries, self.temperature, self.max_tokens = max_retries, temperature, max_tokens
         self.extra_body = extra_body
         self._key = api_key or os.environ.get("OPENAI_API_KEY") or PLACEHOLDER_API_KEY
@@ -121,7 +130,49 @@ class OpenAITeacher(BaseTeacher):
         status = getattr(error, "status_code", None)
         return status is not None and (status in (408, 409, 429) or status >= 500)
 
-    def _one(self, messages: Messages) -> TeacherReply:
+    def _server_failure(self, error: BaseException) -> Optional[str]:
+        """What a failure says about the server as a whole: `connect`, `key` or `address`; None for one request."""
+        import openai
+
+        if isinstance(error, openai.APITimeoutError):  # a slow reply is one request's; a connect timeout is not
+            # By name: the client's HTTP library (httpx, httpx2) differs between openai releases.
+            return "connect" if type(error.__cause__).__name__ == "ConnectTimeout" else None
+        if isinstance(error, openai.APIConnectionError):
+            return "connect"
+        if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            return "key"
+        return "address" if isinstance(error, openai.NotFoundError) else None
+
+    def _unavailable(self, failure: str, count: int, error: str) -> TeacherUnavailable:
+        where = f"the server at base_url={self.base_url}"
+        if failure == "connect":
+            return TeacherUnavailable(f"cannot reach {where}: {count} request(s) in a row failed to connect ({error}); "
+                                      "check that the server is running and that base_url=URL is its address "
+                                      "(e.g. http://localhost:8000/v1).")
+        if failure == "key":
+            return TeacherUnavailable(f"{where} refused the API key {count} times in a row ({error}); set "
+                                      "OPENAI_API_KEY to a key it accepts.")
+        return TeacherUnavailable(f"{where} answered 404 to {count} requests in a row ({error}); check the URL (it "
+                                  f"usually ends in /v1) and that it serves a model named {self.name!r} (GET "
+                                  f"{self.base_url.rstrip('/')}/models lists them).")
+
+    def check_reachable(self) -> None:
+        """Raise `TeacherUnavailable` when nothing answers at `base_url` (one GET /models, not retried).
+
+        For callers with slow work to do before the first request (eval answers every question first). Any
+        answer, an error status included, proves the server is there: only a failed connection raises.
+        """
+        import openai
+
+        try:
+            self._client.with_options(max_retries=0, timeout=min(self.timeout, 10.0)).models.list()
+        except openai.APIConnectionError as error:
+            raise self._unavailable("connect", 1, _short(error, self._key)) from None
+        except openai.OpenAIError:
+            pass
+
+    def _one(self, messages: Messages) -> tuple[TeacherReply, Optional[str]]:
+        """One request's reply, and what its failure says about the server (`_server_failure`)."""
         import openai
 
         try:
@@ -132,19 +183,19 @@ class OpenAITeacher(BaseTeacher):
         except openai.OpenAIError as error:
             # The client gave up: on a retryable error after all its retries, otherwise at once.
             retries = self.max_retries if self._retryable(error) else 0
-            return TeacherReply(error=_short(error, self._key), retries=retries)
+            return TeacherReply(error=_short(error, self._key), retries=retries), self._server_failure(error)
         retries = getattr(raw, "retries_taken", 0)
         try:
             completion = raw.parse()
         except (openai.OpenAIError, ValueError) as error:  # a body that is not a chat completion
-            return TeacherReply(error=f"malformed reply: {_short(error, self._key)}", retries=retries)
+            return TeacherReply(error=f"malformed reply: {_short(error, self._key)}", retries=retries), None
         choices = getattr(completion, "choices", None) or []
         message = getattr(choices[0], "message", None) if choices else None
         text = getattr(message, "content", None)
         if not isinstance(text, str):
-            return TeacherReply(error="malformed reply: no choices[0].message.content", retries=retries)
+            return TeacherReply(error="malformed reply: no choices[0].message.content", retries=retries), None
         truncated = getattr(choices[0], "finish_reason", None) == "length"
-        return TeacherReply(text=text, retries=retries, truncated=truncated)
+        return TeacherReply(text=text, retries=retries, truncated=truncated), None
 
     def complete_iter(self, requests: Iterable[Messages]) -> Iterator[tuple[int, TeacherReply]]:
         pending = iter(enumerate(requests))
@@ -155,13 +206,31 @@ class OpenAITeacher(BaseTeacher):
             for index, messages in islice(pending, self.concurrency - len(in_flight)):
                 in_flight[pool.submit(self._one, messages)] = index
 
+        # Failures that say the server is down are held back: STOP_AFTER in a row end the run in one message
+        # instead of a log line per request; any other reply first hands the held ones on.
+        held: list[tuple[int, TeacherReply]] = []
+        held_failure: Optional[str] = None
         try:
             fill()
             while in_flight:
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield in_flight.pop(future), future.result()
-                fill()
+                    index = in_flight.pop(future)
+                    reply, failure = future.result()
+                    if failure is not None and failure == held_failure:
+                        held.append((index, reply))
+                        if len(held) >= STOP_AFTER:
+                            raise self._unavailable(failure, len(held), reply.error)
+                        continue
+                    yield from held
+                    held, held_failure = [], failure
+                    if failure is None:
+                        yield index, reply
+                    else:
+                        held.append((index, reply))
+                if not held or not in_flight:  # while the server looks down, send nothing new
+                    fill()
+            yield from held
         finally:  # also on Ctrl-C or when the caller stops early: queued requests are never sent
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -196,9 +265,9 @@ class LocalTeacher(BaseTeacher):
         if not _has_chat_template(path):
             raise ValueError(f"local_model={path}: the tokenizer has no chat template; use a chat (instruct) model "
                              "or add one (tokenizer.chat_template = ...; save_pretrained).")
-        for name, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
-            if value <= 0:
-                raise ValueError(f"{name}={value}: must be positive.")
+        for setting, value in (("batch_size", batch_size), ("max_tokens", max_tokens)):
+            if value <= 0:  # `setting`, not `name`: `name` is the label recorded with the samples
+                raise ValueError(f"{setting}={value}: must be positive.")
         self.path, self.batch_size, self.max_tokens = path, batch_size, max_tokens
         self.temperature, self.seed, self.device = temperature, seed, device
         self.name = name or os.path.basename(os.path.normpath(os.path.abspath(path)))
@@ -252,5 +321,5 @@ class LocalTeacher(BaseTeacher):
             start += len(batch)
 
 
-__all__ = ["BaseTeacher", "LocalTeacher", "Messages", "OpenAITeacher", "PLACEHOLDER_API_KEY", "Teacher",
-           "TeacherReply"]
+__all__ = ["BaseTeacher", "LocalTeacher", "Messages", "OpenAITeacher", "PLACEHOLDER_API_KEY", "STOP_AFTER", "Teacher",
+           "TeacherReply", "TeacherUnavailable"]

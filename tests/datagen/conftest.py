@@ -9,6 +9,9 @@ Replies carry no coordinates, so the parsers accept them.
 
 import json
 import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,6 +122,22 @@ def teacher_server():
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
+
+
+@pytest.fixture()
+def closed_url():
+    """The URL of a port on 127.0.0.1 that nothing listens on (bound, then closed): a server that is down."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def without_openai(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`hf-llava ARGV` in a fresh interpreter where `import openai` fails, as on an install without [teacher]."""
+    code = ("import sys\nsys.modules['openai'] = None  # importing it now raises ImportError\n"
+            "from hf_llava.cli import main\nsys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=timeout)
 
 
 def symbolic_records(n: int, markers: dict = None) -> list[dict]:

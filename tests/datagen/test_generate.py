@@ -8,7 +8,7 @@ import pytest
 from hf_llava import cli
 from hf_llava.data import LlavaDataCollator, load_llava_dataset
 from hf_llava.datagen import load_prompts
-from hf_llava.datagen.journal import journal_path
+from hf_llava.datagen.runner import journal_path
 
 
 def _datagen(server, caps, out, *extra):

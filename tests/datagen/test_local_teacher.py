@@ -2,13 +2,14 @@
 
 import json
 import logging
+import shutil
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_llava import cli, tiny
-from hf_llava.datagen.journal import journal_path
+from hf_llava.datagen.runner import journal_path
 from hf_llava.teachers import LocalTeacher
 
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ '\\n' }}{% endfor %}"
@@ -73,3 +74,22 @@ def test_a_model_without_a_chat_template_is_refused(tmp_path, tiny_chat_lm):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="no chat template"):
         LocalTeacher(tmp_path)
+
+
+def test_another_local_model_into_the_same_output_is_refused(tiny_chat_lm, caps_jsonl, tmp_path, capsys):
+    other = tmp_path / "other-chat-lm"
+    shutil.copytree(tiny_chat_lm, other)
+    out = tmp_path / "detail.json"
+    # Sampled noise, long enough that some replies pass the detail parser (15 words or more).
+    argv = ["datagen", "--input", caps_jsonl(8), "--types", "detail", "--output", str(out), "--batch-size", "8",
+            "--max-tokens", "200", "--temperature", "1", "--no-progress"]
+    assert cli.main([*argv, "--local-model", str(tiny_chat_lm)]) == 0
+    samples = out.read_bytes()
+    header = json.loads(journal_path(out).read_text().splitlines()[0])
+    assert header["run"]["model"] == tiny_chat_lm.name  # the folder's name, as the label
+    capsys.readouterr()
+    assert cli.main([*argv, "--local-model", str(other)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 2 and "from another run" in err[0], err
+    assert f"model {tiny_chat_lm.name} then, other-chat-lm now" in err[0] and "--overwrite" in err[0]
+    assert out.read_bytes() == samples

@@ -3,7 +3,6 @@
 import pytest
 
 from hf_llava.datagen import TYPES, ReplyRejected, load_prompts, parse_reply
-from hf_llava.datagen.journal import Journal, journal_path
 
 DESCRIPTION = ("A grey cat sleeps curled up on a red sofa in a sunny living room, next to a lamp and a pile of "
                "cushions, while the afternoon light falls across the floor.")
@@ -49,23 +48,3 @@ def test_the_shipped_prompts_teach_the_formats_the_parsers_accept():
         for _, answer in prompt_set.examples:
             assert parse_reply(kind, answer)
     assert len(set(prompt_sets["detail"].instructions)) >= 8
-
-
-def test_journal_ignores_a_torn_last_line_and_refuses_damage_elsewhere(tmp_path):
-    path = journal_path(tmp_path / "data.json")
-    journal = Journal(path)
-    journal.open({"model": "m"}, fresh=True)
-    journal.append("a", "detail", {"id": "a_detail"})
-    journal.close()
-    with open(path, "ab") as f:
-        f.write(b'{"image_id": "b", "type": "detail", "sample": {"id": "b_detail"}}')  # no newline: torn
-    resumed = Journal(path).load()
-    assert list(resumed.done) == [("a", "detail")] and resumed.differences({"model": "m"}) == []
-    resumed.open({"model": "m"}, fresh=False)
-    resumed.append("c", "detail", {"id": "c_detail"})
-    resumed.close()
-    assert list(Journal(path).load().done) == [("a", "detail"), ("c", "detail")]
-
-    path.write_bytes(path.read_bytes().replace(b'"a_detail"}}', b'"a_det'))
-    with pytest.raises(ValueError, match="line 2: not a journal record"):
-        Journal(path).load()

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from hf_llava import cli
-from hf_llava.datagen.journal import journal_path
+from hf_llava.datagen.runner import journal_path
 
 SECRET = "sk-hfllava-test-7c1d3a9e5b"
 
@@ -44,7 +44,7 @@ def test_sigkill_mid_run_then_resume_gives_every_sample_exactly_once(teacher_ser
     assert 4 <= len(kept) < 24
     assert answered - len(kept) <= 2  # lost at most the requests in flight (--concurrency 2)
     with open(journal_path(out), "ab") as f:  # a write cut by the kill: half a record, no newline
-        f.write(b'{"image_id": "img011", "type": "complex", "sam')
+        f.write(b'{"key": "img011", "kind": "complex", "val')
 
     teacher_server.delay, sent = 0.0, len(teacher_server.requests)
     with open(tmp_path / "run2.log", "wb") as log:
@@ -53,7 +53,7 @@ def test_sigkill_mid_run_then_resume_gives_every_sample_exactly_once(teacher_ser
     assert len(teacher_server.requests) - sent == 24 - len(kept)  # only what the journal did not have
     ids = [s["id"] for s in json.loads(out.read_text())]
     assert sorted(ids) == sorted(f"img{i:03d}_{t}" for i in range(12) for t in ("conversation", "complex"))
-    journal_ids = [r["sample"]["id"] for r in _journal_samples(out)]
+    journal_ids = [r["value"]["id"] for r in _journal_samples(out)]
     assert sorted(journal_ids) == sorted(ids)  # each sample journaled once; the torn line is gone
     for path in tmp_path.rglob("*"):
         if path.is_file():
@@ -78,3 +78,33 @@ def test_the_key_is_never_in_output_journal_logs_or_console(teacher_server, caps
     for text in (captured.out, captured.err, caplog.text, out.read_text(), journal_path(out).read_text()):
         assert SECRET not in text
     assert {r["auth"] for r in teacher_server.requests} == {f"Bearer {SECRET}"}
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_says_how_to_resume_and_the_log_has_plain_progress_lines(teacher_server, caps_jsonl, tmp_path):
+    caps, out = caps_jsonl(12), tmp_path / "data.json"
+    teacher_server.delay = 0.1
+    argv = [sys.executable, "-m", "hf_llava.cli", "datagen", "--input", caps, "--base-url", teacher_server.url,
+            "--model", "m", "--output", str(out), "--concurrency", "2"]
+    log = tmp_path / "run.log"
+    with open(log, "wb") as stderr:  # a log file: stderr is not a terminal
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_journal_lines(out)) < 4:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    text = log.read_text()
+    assert "\r" not in text and "Traceback" not in text, text[-2000:]
+    kept = len(_journal_lines(out)) - 1
+    assert f"datagen: {kept}/36 requests, {kept} generated, 0 rejected, 0 failed\n" in text, text
+    assert text.strip().splitlines()[-1] == (f"hf-llava datagen: interrupted; the samples so far are kept in "
+                                             f"{journal_path(out)}: run the same command again to resume.")
+    teacher_server.delay, sent = 0.0, len(teacher_server.requests)
+    assert cli.main(argv[3:] + ["--no-progress"]) == 0
+    assert len(teacher_server.requests) - sent == 36 - kept
+
+
+def _journal_lines(out) -> list[bytes]:
+    path = journal_path(out)
+    return path.read_bytes().splitlines() if path.is_file() else []

@@ -11,7 +11,11 @@ import time
 import pytest
 
 from hf_llava import tiny
-from tests.datagen.conftest import _Handler, teacher_server, write_jsonl  # noqa: F401 (teacher_server: a fixture)
+from tests.datagen import conftest as datagen
+from tests.datagen.conftest import _Handler, write_jsonl
+
+# datagen's fixtures that eval's tests use too: its OpenAI-compatible server, and a port where none listens.
+teacher_server, closed_url = datagen.teacher_server, datagen.closed_url
 
 # Markers in the questions tell the judge which review to give.
 BENCH = [  # (marker, category, image)

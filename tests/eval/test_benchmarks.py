@@ -56,7 +56,7 @@ def test_multiple_choice_end_to_end_scores_the_parsed_predictions(llava_dir, ima
     assert report["image"]["accuracy"] == pytest.approx(100 * (correct[0] + correct[2]) / 2)
     assert report["unparsed"] == [r["question_id"] for r in results if r["parsed"] is None]
     answers = (tmp_path / "mc.answers.jsonl").read_text().splitlines()[1:]
-    assert [json.loads(a)["sample"]["text"] for a in answers] == [r["prediction"] for r in results]
+    assert [json.loads(a)["value"]["text"] for a in answers] == [r["prediction"] for r in results]
     assert "with image" in capsys.readouterr().out
 
 

@@ -4,15 +4,18 @@ judge time, with nothing written; `--help` imports neither torch, transformers n
 import json
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 from hf_llava.cli import main
 from hf_llava.eval.answering import JournaledAnswers
 from hf_llava.eval.inputs import read_questions
 from hf_llava.eval.vqa import check_vqa_questions
 
-from .conftest import write_jsonl
+from ..datagen.conftest import without_openai
+from .conftest import BENCH, write_jsonl
 
 
 def _bench_args(bench, model, url, output) -> list:
@@ -133,3 +136,76 @@ def test_eval_help_imports_neither_torch_transformers_nor_openai():
     assert result.returncode == 0 and "--judge-model NAME" in result.stdout, result.stderr[-2000:]
     assert "multiple-choice" in result.stdout and "--references FILE" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_llava_bench_without_the_teacher_extra_says_how_to_install_it(bench, llava_dir, tmp_path):
+    output = tmp_path / "report.json"
+    result = without_openai(*_bench_args(bench, llava_dir, "http://127.0.0.1:9/v1", output))
+    assert result.returncode == 2, result.stderr[-2000:]
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hf-llava eval: error: ") and "Traceback" not in result.stderr
+    assert "pip install 'hf-llava[teacher]'" in err[0] and not output.exists()
+
+
+def test_an_unreachable_judge_is_named_before_the_model_answers_and_a_rerun_needs_no_overwrite(
+        closed_url, judge_server, bench, llava_dir, tmp_path, capsys, cli_error):
+    output = tmp_path / "report.json"
+    start = time.monotonic()
+    assert main(_bench_args(bench, llava_dir, closed_url, output)) == 2
+    assert time.monotonic() - start < 20  # one probe, no retries, no model time
+    err = capsys.readouterr().err.strip().splitlines()
+    cli_error(err, "eval")
+    assert f"cannot reach the server at --base-url {closed_url}" in err[0] and "is running" in err[0], err
+    assert not output.exists() and not (tmp_path / "report.answers.jsonl").exists()
+
+    judge_server.reviews = {marker: "8 6\nFine." for marker, _, _ in BENCH}
+    assert main(_bench_args(bench, llava_dir, judge_server.url, output) + ["--max-new-tokens", "4"]) == 0
+    assert json.loads(output.read_text())["scores"]["all"]["n"] == len(BENCH)
+
+
+def test_a_judge_whose_every_review_fails_is_a_failed_run(judge_server, bench, llava_dir, tmp_path, capsys):
+    judge_server.reviews = {marker: "Both answers are fine." for marker, _, _ in BENCH}  # never two scores
+    output = tmp_path / "report.json"
+    assert main(_bench_args(bench, llava_dir, judge_server.url, output) + ["--review-retries", "0",
+                                                                          "--max-new-tokens", "4"]) == 1
+    captured = capsys.readouterr()
+    assert "5 review(s) failed" in captured.out and "No review could be scored" in captured.err
+    assert json.loads(output.read_text())["scores"]["all"]["n"] == 0
+
+
+def _vqa_args(tmp_path, model, records, *extra) -> list:
+    from hf_llava import tiny
+
+    tiny.demo_image(40).save(tmp_path / "one.png")
+    questions = write_jsonl(tmp_path / "q.jsonl", records)
+    return ["eval", "vqa", "--model", str(model), "--questions", questions, "--output", str(tmp_path / "r.json"),
+            "--max-new-tokens", "2", "--no-progress", *extra]
+
+
+def test_a_vqa_question_without_an_image_is_an_error_not_a_text_only_question(llava_dir, tmp_path, capsys, cli_error):
+    records = [{"question_id": 1, "image": "one.png", "text": "Colour?", "answers": ["red"]},
+               {"question_id": 2, "text": "Colour?", "answers": ["red"]}]
+    assert main(_vqa_args(tmp_path, llava_dir, records)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    cli_error(err, "eval")
+    assert "line 2 (question_id 2): no 'image'" in err[0] and "--images" in err[0], err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_merge_adapter_on_a_folder_that_is_not_an_adapter_is_an_error(llava_dir, tmp_path, capsys, cli_error):
+    records = [{"question_id": 1, "image": "one.png", "text": "Colour?", "answers": ["red"]}]
+    assert main(_vqa_args(tmp_path, llava_dir, records, "--merge-adapter")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    cli_error(err, "eval")
+    assert f"--model {llava_dir} is not a LoRA adapter folder (it has no adapter_config.json)" in err[0], err
+    assert "drop --merge-adapter" in err[0] and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_cuda_without_cuda_is_a_one_line_error(llava_dir, tmp_path, capsys, cli_error):
+    records = [{"question_id": 1, "image": "one.png", "text": "Colour?", "answers": ["red"]}]
+    assert main(_vqa_args(tmp_path, llava_dir, records, "--device", "cuda")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    cli_error(err, "eval")
+    assert err[0].startswith("hf-llava eval: error: --device cuda, but CUDA is not available here"), err
+    assert "--device cpu" in err[0] and not (tmp_path / "r.answers.jsonl").exists()

@@ -72,7 +72,7 @@ def test_relative_scores_equal_the_hand_computed_ones_despite_a_429_and_unparsea
     assert "left out of the scores: question_id 2" in printed
 
     # The judge read the context (datagen's rendering), the question, the reference first, the model's answer second.
-    answers = {a["image_id"]: a["sample"]["text"] for a in _answers(output)}
+    answers = {a["key"]: a["value"]["text"] for a in _answers(output)}
     alpha = next(r for r in judge_server.requests if r["marker"] == "[m:alpha]")["messages"][-1]["content"]
     first, second = alpha.split("[Assistant 2]")
     assert "A red square and a green disc." in first and "square: [0.100, 0.250, 0.330, 0.500]" in first
@@ -106,7 +106,7 @@ def _journaled(path) -> list[str]:
     if not path.is_file():
         return []
     lines = path.read_bytes().split(b"\n")[1:-1]  # after the header, before a torn tail
-    return [json.loads(line)["image_id"] for line in lines if line.strip()]
+    return [json.loads(line)["key"] for line in lines if line.strip()]
 
 
 def test_a_killed_judge_run_resumes_without_asking_finished_reviews_again(judge_server, bench, llava_dir, tmp_path):

@@ -27,6 +27,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGH
 from transformers.utils.hub import convert_file_size_to_int
 from tqdm.auto import tqdm
 
+from .._io import listed
 from ..modeling import LlavaForConditionalGeneration
 
 PathLike = Union[str, os.PathLike]
@@ -53,9 +54,7 @@ class ConversionError(ValueError):
 
 
 def _listing(names) -> str:
-    names = sorted(names)
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f" ... (+{len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
+    return listed(sorted(names), _MAX_LISTED)
 
 
 def read_json(path: PathLike) -> dict:

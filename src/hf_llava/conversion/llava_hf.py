@@ -24,7 +24,7 @@ from ..modeling import LlavaConfig, LlavaForConditionalGeneration
 from ..processing import LlavaProcessor, get_chat_template
 from ..modeling.configuration_llava import add_legacy_rope_fields
 from ..processing.processing_llava import strip_json_fields, write_portable_processor_files
-from .._atomic import atomic_output
+from .._io import atomic_output
 from .common import (
     DROP,
     ConversionError,

@@ -30,7 +30,7 @@ from ..modeling import LlavaConfig, LlavaForConditionalGeneration
 from ..modeling.configuration_llava import projector_depth
 from ..processing import LlavaProcessor
 from ..builder import build_processor, tower_config
-from .._atomic import atomic_output
+from .._io import atomic_output
 from .common import (
     DROP,
     ConversionError,

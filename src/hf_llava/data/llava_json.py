@@ -14,6 +14,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from .._io import listed
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -147,12 +149,11 @@ def validate_llava_records(
         # First line: the count, the first problem and the fix (what a CLI shows); then the other problems.
         fix = ("fix the paths or image_folder=DIR, or pass bad_image_policy='skip' to drop samples whose image is "
                "missing" if missing_first else "fix or remove these samples")
-        others = errors[1:_MAX_REPORTED]
-        more = f"\n  ... and {len(errors) - _MAX_REPORTED} more" if len(errors) > _MAX_REPORTED else ""
-        listed = ("\n  " + "\n  ".join(others) + more) if others else ""
+        others = listed(errors[1:], _MAX_REPORTED - 1, sep="\n  ")
+        others = f"\n  {others}" if others else ""
         count = "1 problem" if len(errors) == 1 else f"{len(errors)} problems"
         first = "" if len(errors) == 1 else ", the first"
-        raise ValueError(f"{source}: {count} in the LLaVA data{first}: {errors[0]}; {fix}.{listed}")
+        raise ValueError(f"{source}: {count} in the LLaVA data{first}: {errors[0]}; {fix}.{others}")
     if missing:
         logger.warning("%s: skipped %d sample(s) whose image file is missing:\n  %s", source, len(missing),
                        "\n  ".join(missing[:_MAX_REPORTED]))

@@ -1,7 +1,8 @@
 """GPT-assisted instruction data (the paper's section 3): captions + boxes -> a teacher LM -> LLaVA JSON.
 
-`generate` runs it (resumable, journaled); `context` reads and renders the symbolic images, `prompt_sets`
-loads the replaceable prompt files, `parsers` turns replies into turns. Names load on first use.
+`generate` runs it (resumable, journaled); `context` reads the symbolic images (`hf_llava.data.symbolic`
+renders them), `prompt_sets` loads the replaceable prompt files, `parsers` turns replies into turns. Names
+load on first use.
 """
 
 from .._lazy import lazy_names
@@ -10,7 +11,7 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "DatagenSummary": ".runner",
     "PromptSet": ".prompt_sets",
     "ReplyRejected": ".parsers",
-    "SymbolicImage": ".context",
+    "SymbolicImage": "..data.symbolic",
     "TYPES": ".parsers",
     "TypeCounts": ".runner",
     "dry_run": ".runner",
@@ -20,7 +21,7 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "read_coco": ".context",
     "read_images": ".runner",
     "read_symbolic_jsonl": ".context",
-    "render_context": ".context",
+    "render_context": "..data.symbolic",
 })
 
 __all__ = [

@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from .._cli_args import add_teacher_arguments, teacher_settings
+
 _DEFAULT_TYPES = "conversation,detail,complex"
 
 
@@ -18,19 +20,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: conversation, detail, complex")
     parser.add_argument("--output", metavar="FILE",
                         help="LLaVA JSON to write; its journal OUTPUT.journal.jsonl makes reruns resume")
-    teacher = parser.add_argument_group("teacher (one of)")
-    teacher.add_argument("--base-url", metavar="URL",
-                         help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, SGLang); "
-                         "the key is read from OPENAI_API_KEY")
+    teacher = parser.add_argument_group("teacher: an OpenAI-compatible server (--base-url) or --local-model")
+    add_teacher_arguments(teacher)
     teacher.add_argument("--local-model", metavar="DIR", help="folder of a transformers chat LM, run here in batches")
     parser.add_argument("--model", metavar="NAME",
                         help="model name on the server (required with --base-url; with --local-model: a label)")
     parser.add_argument("--prompts", metavar="DIR",
                         help="folder with conversation.json / detail.json / complex.json to use instead of ours")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (--base-url)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request attempt (--base-url)")
-    parser.add_argument("--max-retries", type=int, default=4,
-                        help="client retries on 429 / 5xx / timeouts, with exponential backoff (--base-url)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (--local-model)")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")
     parser.add_argument("--max-tokens", type=int, default=1024, help="longest reply, in tokens")
@@ -38,8 +34,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the image position, the detail instructions and local sampling")
     parser.add_argument("--dry-run", action="store_true", help="print one rendered prompt per type; send nothing")
-    parser.add_argument("--overwrite", action="store_true", help="start over, replacing OUTPUT and its journal")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an OUTPUT that is not this run's, and its journal (a run with the same inputs "
+                        "and settings always resumes)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (in a log, where stderr is not a terminal: no progress lines)")
 
 
 def _print_prompts(rendered: dict) -> None:
@@ -60,14 +59,15 @@ def _teacher(args: argparse.Namespace):
     if args.base_url is not None:
         if not args.model:
             raise ValueError(f"base_url={args.base_url} needs model=NAME (the model the server serves).")
-        return OpenAITeacher(args.base_url, args.model, concurrency=args.concurrency, timeout=args.timeout,
-                             max_retries=args.max_retries, temperature=args.temperature, max_tokens=args.max_tokens)
+        return OpenAITeacher(args.base_url, args.model, temperature=args.temperature, max_tokens=args.max_tokens,
+                             **teacher_settings(args))
     return LocalTeacher(args.local_model, batch_size=args.batch_size, max_tokens=args.max_tokens,
                         temperature=args.temperature, seed=args.seed, name=args.model)
 
 
 def run(args: argparse.Namespace) -> int:
     """Generate (or, with --dry-run, show the prompts); errors raise (the CLI prints them in two lines)."""
+    from ..teachers import TeacherUnavailable
     from . import runner
 
     sources = dict(input=args.input, coco_instances=args.coco_instances, coco_captions=args.coco_captions)
@@ -77,8 +77,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise ValueError("no output: pass output=FILE (the LLaVA JSON to write), or --dry-run to see the prompts.")
     teacher = _teacher(args)  # cheap; `generate` checks every input before the first request
-    summary = runner.generate(teacher, args.output, types=args.types, prompts=args.prompts, limit=args.limit,
-                              seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress, **sources)
+    kept = f"the samples so far are kept in {runner.journal_path(args.output)}: run the same command again to resume"
+    try:
+        summary = runner.generate(teacher, args.output, types=args.types, prompts=args.prompts, limit=args.limit,
+                                  seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress, **sources)
+    except KeyboardInterrupt:
+        print(f"hf-llava datagen: interrupted; {kept}.", file=sys.stderr)
+        return 130
+    except TeacherUnavailable as error:  # the server cannot answer: one message, not a line per request
+        raise TeacherUnavailable(f"{error}\n{kept[0].upper()}{kept[1:]}.") from None
     print(summary.format())
     if summary.output is None:
         print(f"No sample was accepted; nothing written (the warnings above say why). Journal: {summary.journal}",

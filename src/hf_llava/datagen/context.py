@@ -1,99 +1,15 @@
-"""The symbolic image: what a text-only teacher knows of a picture (its captions and its boxes).
+"""datagen's inputs: symbolic images (`hf_llava.data.symbolic`) from a captions + boxes JSONL or from COCO.
 
 Reads the original LLaVA layout (JSONL, one image a line: `{"id", "image", "captions": [...], "instances":
 [{"category", "bbox": [x1, y1, x2, y2]}]}`, boxes normalised to [0, 1]) or converts COCO annotation files
-(pixel `[x, y, w, h]` boxes) to it, and renders it as the paper writes it: the captions one a line, then
-`category: [x1, y1, x2, y2]` with three decimals. Every input problem names the file and the line.
+(pixel `[x, y, w, h]` boxes) to it. Every input problem names the file and the line.
 """
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Any, Optional
 
-_MAX_LISTED = 5
-
-
-@dataclass
-class SymbolicImage:
-    """One image as text: `id` (unique), `image` (the file name written to the samples), captions, boxes."""
-
-    id: str
-    image: str
-    captions: list[str]
-    instances: list[dict] = field(default_factory=list)  # [{"category": str, "bbox": [x1, y1, x2, y2]}]
-
-
-def format_box(bbox: list) -> str:
-    """`[x1, y1, x2, y2]` with three decimals, as the paper writes boxes."""
-    return "[" + ", ".join(f"{float(v):.3f}" for v in bbox) + "]"
-
-
-def render_context(image: SymbolicImage) -> str:
-    """The text the teacher sees for `image`: captions one a line, a blank line, then one box a line."""
-    lines = ["Captions:", *image.captions]
-    if image.instances:
-        lines += ["", "Objects (category: [x1, y1, x2, y2], normalised to 0-1, origin top left):"]
-        lines += [f"{inst['category']}: {format_box(inst['bbox'])}" for inst in image.instances]
-    return "\n".join(lines)
-
-
-def record_problem(record: Any) -> Optional[str]:
-    """What is wrong with one JSONL record (None when it is a valid symbolic image)."""
-    if not isinstance(record, dict):
-        return f"expected an object with id, image, captions, instances, got a {type(record).__name__}"
-    for key in ("id", "image", "captions"):
-        if key not in record:
-            return f"missing field {key!r}"
-    if not isinstance(record["id"], (str, int)) or str(record["id"]) == "":
-        return "'id' must be a non-empty string or an integer"
-    if not isinstance(record["image"], str) or not record["image"]:
-        return "'image' must be the image's file name"
-    captions = record["captions"]
-    if not isinstance(captions, list) or not all(isinstance(c, str) and c.strip() for c in captions):
-        return "'captions' must be a list of non-empty strings"
-    instances = record.get("instances", [])
-    if not isinstance(instances, list):
-        return "'instances' must be a list of {category, bbox}"
-    if not captions and not instances:
-        return "no captions and no instances: the teacher would know nothing of the image"
-    for j, inst in enumerate(instances):
-        if not isinstance(inst, dict) or not isinstance(inst.get("category"), str) or "bbox" not in inst:
-            return f"instance {j}: expected {{'category': str, 'bbox': [x1, y1, x2, y2]}}"
-        box = inst["bbox"]
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-            return f"instance {j} ({inst['category']}): bbox must be 4 numbers [x1, y1, x2, y2], got {box!r}"
-        if not all(0.0 <= v <= 1.0 for v in box):
-            return (f"instance {j} ({inst['category']}): box {box} is outside [0, 1]; boxes are normalised "
-                    "[x1, y1, x2, y2] (pixel values divided by the image's width and height)")
-        if box[0] > box[2] or box[1] > box[3]:
-            return f"instance {j} ({inst['category']}): box {box} has x1 > x2 or y1 > y2 (expected [x1, y1, x2, y2])"
-    return None
-
-
-def read_jsonl(path, flag: str) -> list[tuple[int, dict]]:
-    """`(line number, object)` for each non-blank line of a JSONL file; `flag` names the file in errors."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag}={path}: no such file; pass a JSONL file (one JSON object a line).")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{flag}={path}, line {line_no}: not valid JSON ({err.msg}); "
-                                 "one object a line.") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{flag}={path}, line {line_no}: expected a JSON object, got a "
-                                 f"{type(record).__name__}.")
-            records.append((line_no, record))
-    if not records:
-        raise ValueError(f"{flag}={path}: no records (the file is empty).")
-    return records
+from .._io import listed, read_jsonl
+from ..data.symbolic import SymbolicImage, record_problem
 
 
 def read_symbolic_jsonl(path: str) -> list[SymbolicImage]:
@@ -125,11 +41,6 @@ def _load_coco(path: str, flag: str) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{flag}={path}: not a COCO annotation file (no 'annotations' list).")
     return data
-
-
-def _listed(ids: list) -> str:
-    more = f" (+{len(ids) - _MAX_LISTED} more)" if len(ids) > _MAX_LISTED else ""
-    return ", ".join(str(i) for i in ids[:_MAX_LISTED]) + more
 
 
 def read_coco(instances_path: str, captions_path: str) -> list[SymbolicImage]:
@@ -182,10 +93,10 @@ def _convert_coco(images, categories, annotations, by_image, instances_path, cap
     if missing:
         raise ValueError(
             f"coco_instances={instances_path}: {len(missing)} image id(s) have no captions in coco_captions="
-            f"{captions_path}: {_listed(missing)}; pass the captions file of the same split."
+            f"{captions_path}: {listed(missing)}; pass the captions file of the same split."
         )
     return [SymbolicImage(str(img["id"]), img["file_name"], by_image[img["id"]], boxes.get(img["id"], []))
             for img in images]
 
 
-__all__ = ["SymbolicImage", "format_box", "read_coco", "read_jsonl", "read_symbolic_jsonl", "record_problem", "render_context"]
+__all__ = ["read_coco", "read_symbolic_jsonl"]

@@ -10,14 +10,14 @@ The messages sent for one image: the system message, then each example as a user
 context) and an assistant message (its answer), then the image's context as the last user message.
 """
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Optional
 
-from .context import SymbolicImage, record_problem, render_context
+from .._io import digest
+from ..data.symbolic import SymbolicImage, record_problem, render_context
 from .parsers import ReplyRejected, parse_reply
 
 
@@ -91,7 +91,7 @@ def load_prompt_set(kind: str, prompts: Optional[str] = None) -> PromptSet:
         for ex in data.get("examples", [])
     )
     return PromptSet(kind, data["system"].strip(), examples, tuple(data.get("instructions", ())), source,
-                     hashlib.sha256(text.encode("utf-8")).hexdigest())
+                     digest(text))
 
 
 def load_prompts(types: list[str], prompts: Optional[str] = None) -> dict[str, PromptSet]:

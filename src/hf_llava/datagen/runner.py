@@ -1,13 +1,14 @@
 """The datagen run: symbolic images x types -> teacher requests -> parsed samples -> journal -> LLaVA JSON.
 
 Everything that can be wrong with the inputs, the prompts or the output is checked before the first
-request and before anything is written. Samples are journaled as replies arrive (see `journal`), so a
-killed run resumes where it stopped; the LLaVA JSON is written at the end, in input order, atomically.
+request and before anything is written. Samples are journaled as replies arrive in `OUTPUT.journal.jsonl`
+(`hf_llava._io.Journal`: a header naming the run, its inputs' and prompts' digests, types, seed and model;
+then a line per sample, `key` the image id, `kind` the type), so a killed run resumes where it stopped;
+the LLaVA JSON is written at the end, in input order, atomically.
 Each sample's random choices (where `<image>` goes, which "describe" instruction a detail sample gets)
 are seeded by (seed, image id, type): a resumed run makes the same ones.
 """
 
-import hashlib
 import logging
 import os
 import random
@@ -15,13 +16,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .._io import Journal, Progress, file_digest, open_journal, write_json_atomic
 from ..data.llava_json import IMAGE_PLACEHOLDER
-from .context import SymbolicImage, read_coco, read_symbolic_jsonl, render_context
-from .journal import Journal, journal_path, write_json_atomic
+from ..data.symbolic import SymbolicImage, render_context
+from .context import read_coco, read_symbolic_jsonl
 from .parsers import TYPES, ReplyRejected, check_types, parse_reply
 from .prompt_sets import PromptSet, load_prompts
 
 logger = logging.getLogger(__name__)
+JOURNAL_SUFFIX = ".journal.jsonl"
+
+
+def journal_path(output: Union[str, os.PathLike]) -> Path:
+    """`OUTPUT.journal.jsonl`: the journal beside the output that makes a rerun resume."""
+    return Path(f"{os.fspath(output)}{JOURNAL_SUFFIX}")
 
 
 @dataclass
@@ -71,15 +79,6 @@ def read_images(input: Optional[str] = None, coco_instances: Optional[str] = Non
     return images[:limit] if limit is not None else images
 
 
-def _digest(paths: Sequence[str]) -> str:
-    sha = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                sha.update(chunk)
-    return sha.hexdigest()
-
-
 def build_sample(image: SymbolicImage, kind: str, turns: list[dict], prompt_set: PromptSet, seed: int) -> dict:
     """A LLaVA sample from parsed turns: detail gets a drawn instruction; `<image>` before/after turn 1."""
     rng = random.Random(f"{seed}:{image.id}:{kind}")  # str seeds hash the same in every process
@@ -106,23 +105,15 @@ def dry_run(*, input: Optional[str] = None, coco_instances: Optional[str] = None
 
 
 def _open_journal(output: Path, run: dict, overwrite: bool) -> tuple[Journal, bool]:
-    """The journal to append to and whether to start it afresh; refuses another run's output unless `overwrite`."""
+    """The journal to append to and whether to start it afresh (`open_journal`'s rule); an output that no
+    journal of this run stands beside is refused unless `overwrite`."""
     if output.is_dir():
         raise IsADirectoryError(f"output={output} is a folder; pass the path of the JSON file to write.")
-    journal = Journal(journal_path(output))
-    if overwrite:
-        return journal, True
-    journal.load()
-    if journal.run is not None and not journal.done and not output.exists():
-        return journal, True  # a run that stopped before its first sample: nothing to keep or to protect
-    changed = journal.differences(run)
-    if changed:
-        raise FileExistsError(f"output={output}: its journal {journal.path.name} is from another run "
-                              f"({'; '.join(changed)}); pass overwrite=True to start over, or choose another output.")
-    if journal.run is None and output.exists():
+    journal, fresh = open_journal(journal_path(output), run, overwrite=overwrite, output=output)
+    if fresh and output.exists() and not overwrite:
         raise FileExistsError(f"output={output} already exists and no journal of this run is beside it; pass "
                               "overwrite=True to replace it, or choose another output.")
-    return journal, False
+    return journal, fresh
 
 
 def generate(teacher, output: Union[str, os.PathLike], *, input: Optional[str] = None,
@@ -132,15 +123,16 @@ def generate(teacher, output: Union[str, os.PathLike], *, input: Optional[str] =
     """Ask `teacher` (a `hf_llava.teachers.Teacher`) for every (image, type) not yet done; write `output`.
 
     Resumes from `OUTPUT.journal.jsonl` when it belongs to the same run (inputs, types, prompts, seed,
-    model); `overwrite=True` starts over. Returns the per-type tally; `output` is None when no sample exists.
+    model); one of another run is refused unless `overwrite=True`, which starts over. Returns the per-type
+    tally; `output` is None when no sample exists. `progress`: a bar on a terminal, plain lines in a log.
+    A server that cannot serve any request raises `hf_llava.teachers.TeacherUnavailable` (what was
+    journaled is kept: the same call resumes).
     """
-    from tqdm.auto import tqdm
-
     kinds = check_types(types)
     prompt_sets = load_prompts(kinds, prompts)
     images = read_images(input, coco_instances, coco_captions, limit)
     sources = [input] if input is not None else [coco_instances, coco_captions]
-    run = {"inputs": _digest(sources), "types": ",".join(kinds), "seed": seed, "model": teacher.name,
+    run = {"inputs": file_digest(sources), "types": ",".join(kinds), "seed": seed, "model": teacher.name,
            "prompts": {kind: ps.digest for kind, ps in prompt_sets.items()}}
     output = Path(output).absolute()
     journal, fresh = _open_journal(output, run, overwrite)
@@ -154,35 +146,34 @@ def generate(teacher, output: Union[str, os.PathLike], *, input: Optional[str] =
             else:
                 jobs.append((image, kind))
                 counts[kind].requested += 1
-    journal.open(run, fresh=fresh)
-    bars = {kind: tqdm(total=len(images), initial=counts[kind].resumed, desc=f"{kind:>12}", position=i,
-                       unit="img", disable=not progress, leave=True) for i, kind in enumerate(kinds)}
+    journal.start(run, fresh=fresh)
+    bar = Progress(len(images) * len(kinds), "datagen", "requests", initial=len(images) * len(kinds) - len(jobs),
+                   enabled=progress)
     requests = (prompt_sets[kind].messages(render_context(image)) for image, kind in jobs)  # built as sent
     try:
         for index, reply in teacher.complete_iter(requests) if jobs else ():
             image, kind = jobs[index]
             tally = counts[kind]
             tally.retried += reply.retries
-            bars[kind].update(1)
-            if not reply.ok:
+            if reply.ok:
+                try:
+                    turns = parse_reply(kind, reply.text)
+                    if reply.truncated:  # well-formed so far, but its last answer is cut short
+                        raise ReplyRejected("cut off at the token limit")
+                    journal.append(image.id, kind, build_sample(image, kind, turns, prompt_sets[kind], seed))
+                    tally.generated += 1
+                except ReplyRejected as rejected:
+                    tally.rejected += 1
+                    logger.warning("image %s, %s: reply rejected: %s", image.id, kind, rejected)
+            else:
                 tally.failed += 1
                 logger.warning("image %s, %s: teacher error after %d retries: %s", image.id, kind, reply.retries,
                                reply.error)
-                continue
-            try:
-                turns = parse_reply(kind, reply.text)
-                if reply.truncated:  # well-formed so far, but its last answer is cut short
-                    raise ReplyRejected("cut off at the token limit")
-            except ReplyRejected as rejected:
-                tally.rejected += 1
-                logger.warning("image %s, %s: reply rejected: %s", image.id, kind, rejected)
-                continue
-            journal.append(image.id, kind, build_sample(image, kind, turns, prompt_sets[kind], seed))
-            tally.generated += 1
+            bar.update(1, **{name: sum(getattr(c, name) for c in counts.values())
+                             for name in ("generated", "rejected", "failed")})
     finally:
         journal.close()
-        for bar in bars.values():
-            bar.close()
+        bar.close()
     samples = [journal.done[(image.id, kind)] for image in images for kind in kinds
                if (image.id, kind) in journal.done]
     summary = DatagenSummary(counts, journal.path, samples=len(samples))
@@ -192,4 +183,5 @@ def generate(teacher, output: Union[str, os.PathLike], *, input: Optional[str] =
     return summary
 
 
-__all__ = ["DatagenSummary", "TypeCounts", "build_sample", "dry_run", "generate", "read_images", "render_prompts"]
+__all__ = ["DatagenSummary", "JOURNAL_SUFFIX", "TypeCounts", "build_sample", "dry_run", "generate", "journal_path",
+           "read_images", "render_prompts"]

@@ -7,16 +7,16 @@ evaluation does), pads batches on the left and decodes greedily; `JournaledAnswe
 journal, so a killed run resumes and a finished one is never generated again.
 """
 
-import hashlib
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .._loading import is_adapter
+from .._io import Progress, digest, open_journal
+from .._loading import ADAPTER_CONFIG, check_device, is_adapter
 from ..onnx.layout import EXPORT_INFO, PROVIDERS
-from .files import ANSWERS, open_journal, results
-from .inputs import digest, resolve_image
+from .files import ANSWERS, DIGEST_CHARS, beside
+from .inputs import resolve_image
 
 PathLike = Union[str, os.PathLike]
 
@@ -26,8 +26,9 @@ def is_onnx_folder(path: PathLike) -> bool:
     return (Path(path) / EXPORT_INFO).is_file()
 
 
-def check_model(path: PathLike) -> Path:
-    """A model folder's path, checked without loading anything (errors name `model=PATH`)."""
+def check_model(path: PathLike, merge_adapter: bool = False, device: Optional[str] = None) -> Path:
+    """A model folder's path, checked with the flags that go with it before anything loads (errors name
+    `model=PATH`)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model={path}: no such folder; pass a saved hf-llava folder or an "
@@ -35,19 +36,26 @@ def check_model(path: PathLike) -> Path:
     if not (is_onnx_folder(path) or is_adapter(path) or (path / "config.json").is_file()):
         raise ValueError(f"model={path} has no config.json and no {EXPORT_INFO}: pass a folder written by "
                          "save_pretrained or by `hf-llava export-onnx`.")
+    if merge_adapter and not is_adapter(path):  # else the flag would be ignored without a word
+        raise ValueError(f"model={path} is not a LoRA adapter folder (it has no {ADAPTER_CONFIG}), so there is "
+                         "nothing to merge: drop merge_adapter=True, or pass the adapter's folder.")
+    if device is not None and device.split(":")[0] not in PROVIDERS:
+        raise ValueError(f"device={device!r}: expected one of {', '.join(PROVIDERS)}.")
+    if not is_onnx_folder(path):  # ONNX Runtime reports the provider it runs on itself
+        check_device(device)
     return path
 
 
 def model_fingerprint(path: PathLike) -> str:
     """The folder and a digest of its files' names, sizes and times: a retrained model is not the same run."""
     path = Path(path).absolute()
-    sha = hashlib.sha256()
+    files = []
     for folder in (path, path / "onnx"):
         for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
             if entry.is_file():
                 stat = entry.stat()
-                sha.update(f"{entry.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-    return f"{path} ({sha.hexdigest()[:12]})"
+                files.append(f"{entry.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}\n")
+    return f"{path} ({digest(''.join(files), 12)})"
 
 
 def load_model(path: PathLike, device: Optional[str] = None, merge_adapter: bool = False) -> tuple[Any, Any]:
@@ -56,9 +64,7 @@ def load_model(path: PathLike, device: Optional[str] = None, merge_adapter: bool
     `device`: `cpu` or `cuda` (default: cuda when available for PyTorch, the CPU provider for ONNX). A LoRA
     adapter folder is merged into its base model with `merge_adapter=True`.
     """
-    path = check_model(path)
-    if device is not None and device.split(":")[0] not in PROVIDERS:
-        raise ValueError(f"device={device!r}: expected one of {', '.join(PROVIDERS)}.")
+    path = check_model(path, merge_adapter, device)
     if is_onnx_folder(path):
         from ..onnx import ORTLlavaForConditionalGeneration
         from ..processing import LlavaProcessor
@@ -100,7 +106,6 @@ def answer_questions(model, processor, questions: Sequence[dict], images_root: O
     or an `ORTLlavaForConditionalGeneration`. `on_batch(start, answers)` is called after each batch.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from ..processing import load_image
 
@@ -112,7 +117,7 @@ def answer_questions(model, processor, questions: Sequence[dict], images_root: O
     device = getattr(model, "device", None)  # the ONNX model takes CPU tensors
     answers: list[str] = []
     try:
-        with tqdm(total=len(questions), desc=desc, unit="q", disable=not progress) as bar:
+        with Progress(len(questions), desc, "questions", enabled=progress) as bar:
             for start in range(0, len(questions), batch_size):
                 batch = questions[start:start + batch_size]
                 images = [load_image(resolve_image(q["image"], images_root), start + i)
@@ -145,14 +150,13 @@ class JournaledAnswers:
 
     def __init__(self, model_path: PathLike, questions: list[dict], output: Path, *, max_new_tokens: int = 128,
                  overwrite: bool = False):
-        from .files import beside
-
         self.model_path, self.questions, self.max_new_tokens = model_path, questions, max_new_tokens
+        inputs = [[str(q["question_id"]), q["text"], str(q["image"])] for q in questions]
         self.run = {"model": model_fingerprint(model_path), "max_new_tokens": max_new_tokens,
-                    "inputs": digest([[str(q["question_id"]), q["text"], str(q["image"])] for q in questions])}
+                    "inputs": digest(inputs, DIGEST_CHARS)}
         self.path = beside(output, ANSWERS)
-        self.journal, self.fresh = open_journal(self.path, self.run, overwrite, output)
-        done = results(self.journal, ANSWERS)
+        self.journal, self.fresh = open_journal(self.path, self.run, overwrite=overwrite, output=output)
+        done = self.journal.results(ANSWERS)
         self.pending = [q for q in questions if str(q["question_id"]) not in done]
         self.summary: dict = {}
 
@@ -161,7 +165,7 @@ class JournaledAnswers:
         start = time.perf_counter()
         if self.pending:
             model, processor = load_model(self.model_path, device, merge_adapter)
-            self.journal.open(self.run, fresh=self.fresh)
+            self.journal.start(self.run, fresh=self.fresh)
             pending = self.pending
 
             def keep(offset: int, texts: list[str]) -> None:
@@ -177,7 +181,7 @@ class JournaledAnswers:
                         "reused": len(self.questions) - len(self.pending), "max_new_tokens": self.max_new_tokens,
                         "seconds": round(time.perf_counter() - start, 2)}
         self.pending = []
-        return {key: value["text"] for key, value in results(self.journal, ANSWERS).items()}
+        return {key: value["text"] for key, value in self.journal.results(ANSWERS).items()}
 
 
 __all__ = ["JournaledAnswers", "answer_questions", "check_model", "is_onnx_folder", "load_model", "model_fingerprint"]

@@ -2,6 +2,9 @@
 
 import argparse
 import os
+import sys
+
+from .._cli_args import add_parser, add_teacher_arguments, teacher_settings
 
 
 def _common(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -21,13 +24,12 @@ def _common(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
                         help="--model is a LoRA adapter folder: merge it into its base model first")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing report, and journals beside it from another model or judge")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (in a log, where stderr is not a terminal: no progress lines)")
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Declare `eval` and its three sub-commands."""
-    from .._cli_args import add_parser
-
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
     bench = add_parser(sub, "llava-bench", "LLaVA-Bench: a text-only judge scores the model against reference "
                        "answers (relative score)")
@@ -36,13 +38,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                        help="reference answers JSONL ({question_id, text}), e.g. qa90_gpt4_answer.jsonl")
     bench.add_argument("--context", metavar="FILE", required=True,
                        help="image contexts JSONL keyed by `image`: captions + instances boxes, or a caption")
-    judge = bench.add_argument_group("judge (an OpenAI-compatible server; the key is read from OPENAI_API_KEY)")
-    judge.add_argument("--base-url", metavar="URL", required=True, help="e.g. https://api.openai.com/v1")
+    judge = bench.add_argument_group("judge (an OpenAI-compatible server)")
+    add_teacher_arguments(judge, required=True, role="judge")
     judge.add_argument("--judge-model", metavar="NAME", required=True, help="the judge model's name on the server")
-    judge.add_argument("--concurrency", type=int, default=8, help="judge requests in flight")
-    judge.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request attempt")
-    judge.add_argument("--max-retries", type=int, default=4,
-                       help="client retries on 429 / 5xx / timeouts, with exponential backoff")
     judge.add_argument("--review-retries", type=int, default=3,
                        help="times a review whose first line is not two scores is asked again")
     judge.add_argument("--temperature", type=float, default=0.2, help="the judge's sampling temperature")
@@ -65,23 +63,40 @@ def run(args: argparse.Namespace) -> int:
     for name in ("batch_size", "max_new_tokens"):
         if getattr(args, name) <= 0:
             raise ValueError(f"{name}={getattr(args, name)}: must be positive.")
+    from ..teachers import TeacherUnavailable  # light: the client (openai) loads when a teacher is made
+
+    kept = f"the answers and reviews so far are kept beside {args.output}: run the same command again to resume"
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"hf-llava eval: interrupted; {kept}.", file=sys.stderr)
+        return 130
+    except TeacherUnavailable as error:  # the judge's server cannot answer: one message, not a line per review
+        raise TeacherUnavailable(f"{error}\n{kept[0].upper()}{kept[1:]}.") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.benchmark == "llava-bench":
         from .._extras import require
+        from .._io import listed
         from ..teachers import OpenAITeacher
         from .llava_bench import format_scores, run_llava_bench
 
         require("openai", "teacher", "the LLaVA-Bench judge")  # before any model time
         if not args.judge_model.strip():
             raise ValueError("--judge-model is empty: name the model the judge server serves.")
-        judge = OpenAITeacher(args.base_url, args.judge_model, concurrency=args.concurrency, timeout=args.timeout,
-                              max_retries=args.max_retries, temperature=args.temperature,
-                              max_tokens=args.judge_max_tokens)
+        judge = OpenAITeacher(args.base_url, args.judge_model, temperature=args.temperature,
+                              max_tokens=args.judge_max_tokens, **teacher_settings(args))
         report = run_llava_bench(args.model, args.questions, args.references, args.context, args.output, judge,
                                  review_retries=args.review_retries, **_model_args(args))
         print(format_scores(report))
         if report["failed"]:
-            ids = ", ".join(str(f["question_id"]) for f in report["failed"])
+            ids = listed([f["question_id"] for f in report["failed"]], 20)
             print(f"{len(report['failed'])} review(s) failed and are left out of the scores: question_id {ids}")
+        if not report["scores"]["all"]["n"]:  # no score at all is a failed run, not a table of dashes
+            print(f"No review could be scored (the report's 'failed' says why): {os.path.abspath(args.output)}",
+                  file=sys.stderr)
+            return 1
     else:
         from .report import accuracy_rows
 

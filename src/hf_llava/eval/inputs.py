@@ -6,22 +6,14 @@ as a plain dict (`question_id`, `text`, `image`, `category`, plus the fields its
 same records serve the file-based runs and the in-process API (`evaluate_vqa`...).
 """
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ..datagen.context import SymbolicImage, read_jsonl, record_problem, render_context
+from .._io import listed, read_jsonl
+from ..data.symbolic import SymbolicImage, record_problem, render_context
 
 CATEGORIES = ("conv", "detail", "complex")  # LLaVA-Bench: conversation, detailed description, complex reasoning
-_MAX_LISTED = 5
-
-
-def listed(items: list) -> str:
-    """The first few items, comma-separated, with a count of the rest (messages stay one line)."""
-    more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-    return ", ".join(str(i) for i in items[:_MAX_LISTED]) + more
 
 
 def _text(record: dict, keys: tuple, where: str) -> str:
@@ -31,12 +23,13 @@ def _text(record: dict, keys: tuple, where: str) -> str:
     raise ValueError(f"{where}: no {' or '.join(repr(k) for k in keys)} (a non-empty string).")
 
 
-def check_questions(records: Iterable[dict], where: str = "questions",
-                    text_keys: tuple = ("text", "question")) -> list[dict]:
+def check_questions(records: Iterable[dict], where: str = "questions", text_keys: tuple = ("text", "question"),
+                    image_required: bool = False) -> list[dict]:
     """Normalised question dicts: `question_id` (kept as given), `text`, `image` (or None), `category`.
 
     `records` are dicts, optionally with `_where` (their file and line) for messages; ids must be unique.
-    Other fields are kept as they are (`answers`, `choices`...).
+    Other fields are kept as they are (`answers`, `choices`...). With `image_required`, a question without
+    an image is an error: a benchmark about images never scores one as a text-only question.
     """
     questions, seen = [], {}
     for index, record in enumerate(records):
@@ -53,6 +46,9 @@ def check_questions(records: Iterable[dict], where: str = "questions",
             image = None
         if isinstance(image, (bool, int, float, list, dict)):
             raise ValueError(f"{at}: 'image' must be the image's file name, got {image!r}.")
+        if image is None and image_required:
+            raise ValueError(f"{at}: no 'image'; every question of this benchmark is about an image: add the "
+                             "image's file name (relative to images=DIR), or leave the question out.")
         category = record.get("category", record.get("type"))
         question = {k: v for k, v in record.items() if k != "_where"}
         question.update(question_id=qid, text=_text(record, text_keys, at), image=image,
@@ -114,7 +110,8 @@ def read_references(path, questions: list[dict], flag: str = "references") -> di
 
 
 def read_contexts(path, questions: list[dict], flag: str = "context") -> dict[str, str]:
-    """`{image: the judge's text of it}` from a context JSONL keyed by `image`, rendered by datagen's renderer.
+    """`{image: the judge's text of it}` from a context JSONL keyed by `image`, rendered as datagen's teacher
+    sees an image (`hf_llava.data.symbolic`).
 
     A line holds either `captions` + `instances` (normalised `[x1, y1, x2, y2]` boxes, the COCO set) or a
     `caption` string or list (the in-the-wild set); every question's image needs one.
@@ -141,11 +138,5 @@ def read_contexts(path, questions: list[dict], flag: str = "context") -> dict[st
     return contexts
 
 
-def digest(value: Any) -> str:
-    """A short content digest of JSON-able data (what a journal's run is compared on)."""
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-__all__ = ["CATEGORIES", "check_categories", "check_images", "check_questions", "digest", "listed", "read_contexts",
-           "read_jsonl", "read_questions", "read_references", "resolve_image"]
+__all__ = ["CATEGORIES", "check_categories", "check_images", "check_questions", "read_contexts", "read_questions",
+           "read_references", "resolve_image"]

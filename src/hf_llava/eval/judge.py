@@ -55,21 +55,22 @@ def parse_scores(review: str) -> tuple[float, float]:
 
 def review_all(teacher: Teacher, requests: dict[str, Messages], journal, *, retries: int = 3,
                progress: bool = True) -> tuple[dict[str, dict], dict[str, dict], dict]:
-    """Ask `teacher` for every request not yet in `journal` (an open `Journal`); `requests` `{id: messages}`.
+    """Ask `teacher` for every request not yet in `journal` (a started `hf_llava._io.Journal`); `requests`
+    `{id: messages}`.
 
     Returns `(reviews {id: {"reference", "model", "review"}}, failed {id: {"error", "attempts"}}, counts)`
     with `counts` = requests sent (`asked`), re-asked after an unparseable reply (`reasked`), and the
     client's own retries (`client_retries`, 429 / 5xx / timeouts).
     """
-    from tqdm.auto import tqdm
+    from .._io import Progress
 
-    done = {key for key, kind in journal.done if kind == REVIEW}
+    done = set(journal.results(REVIEW))
     pending = [key for key in requests if key not in done]
     attempts = dict.fromkeys(pending, 0)
     failed: dict[str, dict] = {}
     counts = {"asked": 0, "reasked": 0, "client_retries": 0}
-    with tqdm(total=len(requests), initial=len(requests) - len(pending), desc="judging", unit="review",
-              disable=not progress) as bar:
+    with Progress(len(requests), "judging", "reviews", initial=len(requests) - len(pending),
+                  enabled=progress) as bar:
         while pending:
             keys, pending = pending, []
             for index, reply in teacher.complete_iter(requests[key] for key in keys):
@@ -93,8 +94,8 @@ def review_all(teacher: Teacher, requests: dict[str, Messages], journal, *, retr
                     counts["reasked"] += 1
                 else:
                     failed[key] = {"error": problem, "attempts": attempts[key]}
-                    bar.update(1)
-    reviews = {key: value for (key, kind), value in journal.done.items() if kind == REVIEW}
+                    bar.update(1, failed=len(failed))
+    reviews = journal.results(REVIEW)
     return reviews, failed, counts
 
 

@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .._io import digest, open_journal, write_json_atomic
 from ..teachers import Teacher
 from .answering import JournaledAnswers, check_model
-from .files import REVIEWS, beside, check_report, open_journal, write_report
-from .inputs import (CATEGORIES, check_categories, check_images, check_questions, digest, read_contexts,
-                     read_questions, read_references)
+from .files import DIGEST_CHARS, REVIEWS, beside, check_report
+from .inputs import (CATEGORIES, check_categories, check_images, check_questions, read_contexts, read_questions,
+                     read_references)
 from .judge import JUDGE_SYSTEM, JUDGE_TASK, judge_messages, relative_scores, review_all
 from .report import format_table
 
@@ -30,21 +31,24 @@ def run_llava_bench(model: str, questions: str, references: str, context: str, o
     defaults to the questions file's folder. `review_retries`: how many times an unparseable review is asked again.
     """
     start = time.perf_counter()
-    checked = check_questions(read_questions(questions), f"questions={questions}")
+    checked = check_questions(read_questions(questions), f"questions={questions}", image_required=True)
     check_categories(checked)
     reference_texts = read_references(references, checked)
     contexts = read_contexts(context, checked)
     images = images if images is not None else str(Path(questions).absolute().parent)
     check_images(checked, images)
-    check_model(model)
+    check_model(model, merge_adapter, device)
     if review_retries < 0:
         raise ValueError(f"review_retries={review_retries}: must be 0 or more.")
     report_path = check_report(output, overwrite)
     answers = JournaledAnswers(model, checked, report_path, max_new_tokens=max_new_tokens, overwrite=overwrite)
-    run = {"judge": judge.name, "prompt": digest([JUDGE_SYSTEM, JUDGE_TASK]), "answers": digest(answers.run),
-           "inputs": digest([[str(q["question_id"]), q["text"], q["image"], reference_texts[str(q["question_id"])],
-                              contexts[q["image"]]] for q in checked])}
-    journal, fresh = open_journal(beside(report_path, REVIEWS), run, overwrite, report_path)
+    inputs = [[str(q["question_id"]), q["text"], q["image"], reference_texts[str(q["question_id"])],
+               contexts[q["image"]]] for q in checked]
+    run = {"judge": judge.name, "prompt": digest([JUDGE_SYSTEM, JUDGE_TASK], DIGEST_CHARS),
+           "answers": digest(answers.run, DIGEST_CHARS), "inputs": digest(inputs, DIGEST_CHARS)}
+    journal, fresh = open_journal(beside(report_path, REVIEWS), run, overwrite=overwrite, output=report_path)
+    if answers.pending and hasattr(judge, "check_reachable"):
+        judge.check_reachable()  # before the model answers: a wrong --base-url must not cost that time
 
     predictions = answers.generate(images_root=images, batch_size=batch_size, device=device,
                                    merge_adapter=merge_adapter, progress=progress)
@@ -53,7 +57,7 @@ def run_llava_bench(model: str, questions: str, references: str, context: str, o
                                                        reference_texts[str(q["question_id"])],
                                                        predictions[str(q["question_id"])]) for q in checked}
     resumed = sum(1 for key, _ in journal.done if key in requests)
-    journal.open(run, fresh=fresh)
+    journal.start(run, fresh=fresh)
     try:
         reviews, failed, counts = review_all(judge, requests, journal, retries=review_retries, progress=progress)
     finally:
@@ -74,7 +78,7 @@ def run_llava_bench(model: str, questions: str, references: str, context: str, o
                    "judge_seconds": round(time.perf_counter() - judged, 2),
                    "total_seconds": round(time.perf_counter() - start, 2)},
     }
-    write_report(report_path, report)
+    write_json_atomic(report_path, report)  # at once: a killed run never leaves half a report
     return report
 
 

@@ -29,15 +29,16 @@ def run_scored(benchmark: str, check: Callable[[list, str], list], score: Callab
                overwrite: bool = False, progress: bool = True) -> dict:
     """`check(records, where)` validates the questions and adds each one's `prompt`; `score(questions,
     predictions)` returns the benchmark's numbers with a `results` list. Returns the report written."""
+    from .._io import write_json_atomic
     from .answering import JournaledAnswers, check_model
-    from .files import check_report, write_report
+    from .files import check_report
     from .inputs import check_images, read_questions
 
     start = time.perf_counter()
     checked = check(read_questions(questions), f"questions={questions}")
     images = images if images is not None else os.path.dirname(os.path.abspath(questions))
     check_images(checked, images)
-    check_model(model)
+    check_model(model, merge_adapter, device)
     report_path = check_report(output, overwrite)
     answers = JournaledAnswers(model, [{**q, "text": q["prompt"]} for q in checked], report_path,
                                max_new_tokens=max_new_tokens, overwrite=overwrite)
@@ -48,7 +49,7 @@ def run_scored(benchmark: str, check: Callable[[list, str], list], score: Callab
               "questions": str(Path(questions).absolute()),
               **{k: v for k, v in scores.items() if k != "results"}, "answers": answers.summary,
               "seconds": round(time.perf_counter() - start, 2), "results": scores["results"]}
-    write_report(report_path, report)
+    write_json_atomic(report_path, report)  # at once: a killed run never leaves half a report
     return report
 
 

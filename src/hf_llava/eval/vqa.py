@@ -85,8 +85,9 @@ def vqa_prompt(question: str) -> str:
 
 
 def check_vqa_questions(questions: Sequence[dict], where: str = "questions") -> list[dict]:
-    """Questions with a `answers` list (human answers: strings, or VQA's {"answer": ...}) or one `answer`."""
-    checked = check_questions(questions, where)
+    """Questions with an `image` and an `answers` list (human answers: strings, or VQA's {"answer": ...}) or
+    one `answer`."""
+    checked = check_questions(questions, where, image_required=True)
     for q in checked:
         answers = q.get("answers", [q["answer"]] if isinstance(q.get("answer"), str) else None)
         if isinstance(answers, list):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._atomic import atomic_output, check_output_folder
+from .._io import atomic_output, check_output_folder
 from .._extras import require
 from .._loading import is_adapter, load_llava_model, resolve_adapter_base
 from . import graphs

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
-from .._atomic import check_output_folder
+from .._io import check_output_folder
 
 logger = logging.getLogger(__name__)
 
