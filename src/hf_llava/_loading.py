@@ -19,6 +19,13 @@ def is_adapter(path: PathLike) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
+def check_merge_adapter(path: PathLike, merge_adapter: bool) -> None:
+    """Refuse `merge_adapter=True` for a folder that is not a LoRA adapter: the flag would do nothing, silently."""
+    if merge_adapter and Path(path).is_dir() and not is_adapter(path):
+        raise ValueError(f"{path} is not a LoRA adapter folder (it has no {ADAPTER_CONFIG}), so there is nothing to "
+                         "merge: drop merge_adapter=True, or pass the adapter's folder.")
+
+
 def resolve_adapter_base(adapter_dir: PathLike) -> str:
     """The base model of a LoRA adapter: `base_model_name_or_path`, absolute or relative to the adapter.
 
@@ -86,14 +93,16 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
     """`LlavaForConditionalGeneration.from_pretrained(path)` for a folder a user named.
 
     Raises `FileNotFoundError` for a missing folder, `ValueError` for a folder that is not a model (no
-    config.json), a corrupt weights file (named), or a LoRA adapter without `merge_adapter=True`. With
-    `merge_adapter=True` an adapter is loaded onto its base model (`resolve_adapter_base`) and merged.
+    config.json), a corrupt weights file (named), a LoRA adapter without `merge_adapter=True`, or
+    `merge_adapter=True` for a folder that is not an adapter (`check_merge_adapter`). With `merge_adapter=True`
+    an adapter is loaded onto its base model (`resolve_adapter_base`) and merged.
     """
     from .modeling import LlavaForConditionalGeneration
 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such model folder; pass a folder written by save_pretrained.")
+    check_merge_adapter(path, merge_adapter)
     if is_adapter(path):
         base = resolve_adapter_base(path)
         if not merge_adapter:
@@ -113,4 +122,5 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
     return LlavaForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
 
 
-__all__ = ["ADAPTER_CONFIG", "check_device", "is_adapter", "load_llava_model", "merge_lora", "resolve_adapter_base"]
+__all__ = ["ADAPTER_CONFIG", "check_device", "check_merge_adapter", "is_adapter", "load_llava_model", "merge_lora",
+           "resolve_adapter_base"]

@@ -13,12 +13,12 @@ from typing import Optional
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 
 from ._compat import PIL_IMAGE_PROCESSOR_KWARGS, pil_image_processor
-
 from .data.llava_json import IMAGE_ASPECT_RATIOS
 from .modeling import LlavaConfig, LlavaForConditionalGeneration
 from .modeling.configuration_llava import has_cls_token
 from .modeling.modeling_llava import LlavaMultiModalProjector
 from .processing import LlavaProcessor, add_llava_tokens
+
 
 def tower_config(vision_name_or_path: str):
     """The vision tower's config from a tower folder or a whole CLIP / SigLIP folder."""
@@ -30,7 +30,8 @@ def image_processor_for(vision_name_or_path: str, image_aspect_ratio: str = "pad
     """The tower's image processor; `pad` (LLaVA-1.5) pads to a square with the mean colour first,
     `square` (LLaVA v1, and stage 1 of the 1.5 recipe) keeps the tower's resize and centre crop."""
     if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
-        raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected one of {', '.join(IMAGE_ASPECT_RATIOS)}.")
+        raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected one of "
+                         f"{', '.join(IMAGE_ASPECT_RATIOS)}.")
     image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path, **PIL_IMAGE_PROCESSOR_KWARGS)
     if image_aspect_ratio == "square":
         return image_processor
@@ -39,6 +40,23 @@ def image_processor_for(vision_name_or_path: str, image_aspect_ratio: str = "pad
     if "crop_size" not in settings:  # e.g. SigLIP: resize to the tower's size, no crop to fill in
         settings.update(do_center_crop=False, crop_size=settings.get("size"))
     return pil_image_processor("LlavaImageProcessor")(**{**settings, "do_pad": True})
+
+
+def processor_for_config(
+    image_processor, tokenizer, config: LlavaConfig, chat_template: str = "vicuna_v1", image_token: str = "<image>"
+) -> LlavaProcessor:
+    """A `LlavaProcessor` that agrees with `config`: the tower's patch size, the feature strategy and the visual
+    tokens per image (`config.num_image_tokens`), the one place a processor takes them from a config."""
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        chat_template=chat_template,
+        image_token=image_token,
+        num_additional_image_tokens=config.num_additional_image_tokens,
+        image_seq_length=config.num_image_tokens,
+    )
 
 
 def build_processor(
@@ -55,16 +73,8 @@ def build_processor(
     config = LlavaConfig(vision_config=vision_config.to_dict(), vision_feature_select_strategy=strategy)
     tokenizer = AutoTokenizer.from_pretrained(text_name_or_path)
     add_llava_tokens(tokenizer, image_token)
-    return LlavaProcessor(
-        image_processor=image_processor_for(vision_name_or_path, image_aspect_ratio),
-        tokenizer=tokenizer,
-        patch_size=vision_config.patch_size,
-        vision_feature_select_strategy=strategy,
-        chat_template=chat_template,
-        image_token=image_token,
-        num_additional_image_tokens=config.num_additional_image_tokens,
-        image_seq_length=config.num_image_tokens,
-    )
+    image_processor = image_processor_for(vision_name_or_path, image_aspect_ratio)
+    return processor_for_config(image_processor, tokenizer, config, chat_template, image_token)
 
 
 def from_vision_and_text(
@@ -125,4 +135,4 @@ def from_vision_and_text(
     return model, processor
 
 
-__all__ = ["build_processor", "from_vision_and_text", "image_processor_for", "tower_config"]
+__all__ = ["build_processor", "from_vision_and_text", "image_processor_for", "processor_for_config", "tower_config"]

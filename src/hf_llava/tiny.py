@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from ._compat import pil_image_processor
+from .builder import processor_for_config
 from .modeling import LlavaConfig, LlavaForConditionalGeneration
 from .processing import LlavaProcessor
 
@@ -33,14 +34,15 @@ Answer the questions. yes no left right top bottom large small one two three fou
 
 
 def build_tokenizer(
-    vocab_size: int = 512, llava_tokens: bool = True, style: str = "byte_level"
+    vocab_size: int = 512, llava_tokens: bool = True, style: str = "byte_level", eos_token: str = "</s>"
 ) -> PreTrainedTokenizerFast:
     """A BPE tokenizer with Llama's special tokens, trained on a small corpus.
 
     `style="byte_level"` (GPT-2 / Llama-3 / Qwen2-like) or `"metaspace"` (the sentencepiece convention of
     Llama-2 / Vicuna in legacy mode: spaces become `▁` glued to the next word, and every text segment,
     also after a special token, gets a leading `▁`). With `llava_tokens` it also has `<pad>` and
-    `<image>`; without, it is like a plain Llama tokenizer.
+    `<image>`; without, it is like a plain Llama tokenizer. `eos_token` replaces `</s>` (e.g. `"<|endoftext|>"`,
+    GPT-2 / Qwen2 base style: `</s>` is then ordinary text).
     """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     if style == "byte_level":
@@ -53,7 +55,7 @@ def build_tokenizer(
         alphabet = sorted(set(string.printable) - set(" \t\r\x0b\x0c") | {"\u2581"})
     else:
         raise ValueError(f"style={style!r}: expected 'byte_level' or 'metaspace'.")
-    specials = ["<unk>", "<s>", "</s>"] + (["<pad>"] if llava_tokens else [])
+    specials = ["<unk>", "<s>", eos_token] + (["<pad>"] if llava_tokens else [])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=alphabet, show_progress=False,
     )
@@ -64,7 +66,7 @@ def build_tokenizer(
     )
     extra = {"pad_token": "<pad>", "additional_special_tokens": ["<image>"]} if llava_tokens else {}
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", padding_side="left",
+        tokenizer_object=tok, bos_token="<s>", eos_token=eos_token, unk_token="<unk>", padding_side="left",
         model_input_names=["input_ids", "attention_mask"], **extra,
     )
 
@@ -131,15 +133,7 @@ def build_processor(
         image_processor = pil_image_processor("LlavaImageProcessor")(do_pad=True, **common)
     else:
         image_processor = pil_image_processor("CLIPImageProcessor")(**common)
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=config.vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        chat_template=chat_template,
-        num_additional_image_tokens=config.num_additional_image_tokens,
-        image_seq_length=config.num_image_tokens,
-    )
+    return processor_for_config(image_processor, tokenizer, config, chat_template)
 
 
 def build_llava(seed: int = 0, **kwargs) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:

@@ -1,9 +1,11 @@
-"""LlavaDataCollator: labels equal the original LLaVA preprocess_plain / preprocess_v1, images, truncation, bad images."""
+"""LlavaDataCollator: labels equal the original LLaVA preprocess_plain / preprocess_v1, images, end of turn,
+truncation, bad images."""
 
 import logging
 
 import pytest
 import torch
+from PIL import Image
 
 from hf_llava import tiny
 from hf_llava.data import IGNORE_INDEX, LlavaDataCollator, LlavaMaskError, load_llava_dataset
@@ -132,16 +134,52 @@ def test_image_aspect_ratio_square_crops_and_pad_pads(tmp_path, tokenizer, tiny_
     assert not torch.allclose(square, pad)
 
 
-def test_image_aspect_ratio_pad_needs_a_processor_that_pads(tokenizer, tiny_config):
-    crop_processor = tiny.build_processor(tokenizer, tiny_config, pad=False)
-    with pytest.raises(ValueError, match="image_aspect_ratio='pad': the processor's CLIPImageProcessor(Pil)? cannot pad"):
-        LlavaDataCollator(crop_processor, image_aspect_ratio="pad")
-    LlavaDataCollator(crop_processor, image_aspect_ratio="square")  # its own crop is "square"
+@pytest.mark.parametrize("size", [(80, 40), (40, 80)])
+def test_pad_with_a_clip_image_processor_is_the_originals_pipeline(tmp_path, tokenizer, tiny_config, size):
+    """LLaVA-1.5 pads in its data pipeline (the mean colour), then runs whatever image processor the tower has."""
+    path = tmp_path / "odd.png"
+    tiny.demo_image(40, seed=5).resize(size).save(path)
+    row = {"id": "w", "image": str(path), "conversations": sample(0)["conversations"]}
+    clip = tiny.build_processor(tokenizer, tiny_config, pad=False)  # a CLIPImageProcessor, as llava-hf ships
+    ours = LlavaDataCollator(clip, image_aspect_ratio="pad")([row])["pixel_values"][0]
+    # the original: expand2square(image, tuple(int(x * 255) for x in image_mean)), then the image processor
+    image = Image.open(path).convert("RGB")
+    mean = tuple(int(x * 255) for x in clip.image_processor.image_mean)
+    assert mean == (122, 116, 104)
+    side = max(image.size)
+    canvas = Image.new("RGB", (side, side), mean)
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    expected = clip.image_processor(canvas, return_tensors="np")["pixel_values"][0]
+    assert torch.equal(ours, torch.from_numpy(expected))
+    square = LlavaDataCollator(clip, image_aspect_ratio="square")([row])["pixel_values"][0]
+    assert not torch.allclose(square, ours)  # CLIP's own resize + centre crop, no pad
+
+
+def test_end_of_turn_must_be_one_special_token_of_the_tokenizer(tiny_config):
+    """vicuna_v1 ends answers with `</s>`: a tokenizer without it (Llama-3 / Qwen style) would teach the text."""
+    qwen_like = tiny.build_tokenizer(eos_token="<|endoftext|>")
+    processor = tiny.build_processor(qwen_like, tiny_config)
+    with pytest.raises(ValueError) as error:
+        LlavaDataCollator(processor, template="vicuna_v1")
+    message = str(error.value)
+    assert "template='vicuna_v1'" in message and "'</s>'" in message
+    assert str(qwen_like.tokenize("</s>")) in message  # what the tokenizer makes of it
+    assert "eos_token '<|endoftext|>'" in message and "add_special_tokens" in message  # the two fixes
+    LlavaDataCollator(processor, template="plain")  # a plain-text end (a newline) needs no token
+    with pytest.raises(ValueError, match="template='chatml' ends each answer with '<\\|im_end\\|>'"):
+        LlavaDataCollator(processor, template="chatml")
+    qwen_like.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]}, replace_additional_special_tokens=False)
+    end_id = qwen_like.convert_tokens_to_ids("<|im_end|>")
+    batch = LlavaDataCollator(processor, template="chatml")([{"id": "t", "image": None, "conversations": [
+        {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "A cat."}]}])
+    labels = [t for t in batch["labels"][0].tolist() if t != IGNORE_INDEX]
+    assert labels[-1] == end_id and labels.count(end_id) == 1  # the end of turn is learnt as one token
 
 
 def test_mask_that_cannot_be_built_raises_with_sample_id(tiny_processor, folder):
     # renders the message count first: a prefix of the messages is not a prefix of the full text
-    template = "{{ messages|length }}{% for m in messages %}{{ m['content'] if m['content'] is string else 'q' }}{% endfor %}"
+    template = ("{{ messages|length }}{% for m in messages %}{{ m['content'] if m['content'] is string else 'q' }}"
+                "{% endfor %}")
     collator = LlavaDataCollator(tiny_processor, template=template)
     with pytest.raises(LlavaMaskError, match="'s0'"):
         collator([_row(0, folder=folder)])

@@ -48,7 +48,8 @@ def test_processor_option_completes_a_model_folder_without_one(bare_model, tmp_p
     assert torch.equal(ort_model.generate(**batch, max_new_tokens=6, do_sample=False), expected)
 
 
-@pytest.mark.parametrize("case", ["missing model", "out not empty", "no processor", "adapter", "bad processor"])
+@pytest.mark.parametrize("case", ["missing model", "out not empty", "no processor", "adapter", "bad processor",
+                                  "merge a full model"])
 def test_cli_bad_inputs_fail_in_two_lines_and_write_nothing(case, saved_llava, bare_model, tmp_path, capsys,
                                                              cli_error):
     out = tmp_path / "out"
@@ -61,6 +62,9 @@ def test_cli_bad_inputs_fail_in_two_lines_and_write_nothing(case, saved_llava, b
         "no processor": ([bare_model[0], out], [str(bare_model[0]), "--processor"]),
         "adapter": ([adapter, out], [str(adapter), "--merge-adapter"]),
         "bad processor": ([bare_model[0], out, "--processor", bare_model[0]], [f"--processor {bare_model[0]}"]),
+        # --merge-adapter on a folder that is not an adapter would otherwise be ignored without a word
+        "merge a full model": ([saved_llava, out, "--merge-adapter"],
+                               [str(saved_llava), "adapter_config.json", "--merge-adapter"]),
     }[case]
     if case == "out not empty":
         out.mkdir()

@@ -1,6 +1,8 @@
 """`hf-llava train`: the two stages end to end, what a bad input says (and that it writes nothing), the output
 folder rule, adapters as --model, and that importing the command stays light."""
 
+import dataclasses
+import inspect
 import json
 import os
 import subprocess
@@ -161,3 +163,58 @@ def test_stage1_starts_from_a_pretrained_tower_and_lm(tmp_path, pretrained_parts
     # one of the two parts alone, or both ways at once, is refused before anything is written
     assert cli.main([*args[:3], str(tmp_path / "o2"), *args[4:], "--vision-tower", str(clip_path)]) == 2
     assert "--language-model DIR" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_help_defaults_are_the_configs_defaults(stage, tmp_path):
+    """One home per number (recipe.py): every flag that sets a config field shows that field's default, and the
+    config built from no flags equals the config's own defaults."""
+    from hf_llava.trainers import LlavaStage1Config, LlavaStage2Config, lm_lora_config
+    from hf_llava.trainers.cli import _config
+
+    config_class = LlavaStage1Config if stage == "stage1" else LlavaStage2Config
+    parser = cli.build_parser(["train"])
+    stage_parser = parser._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices[stage]
+    fields = {f.name: f.default for f in dataclasses.fields(config_class)}
+    flags = {action.dest: action.default for action in stage_parser._actions if action.dest in fields}
+    assert {"num_train_epochs", "per_device_train_batch_size", "max_length", "template", "image_aspect_ratio",
+            "gradient_checkpointing", "seed"} <= set(flags)
+    assert flags == {name: fields[name] for name in flags}
+    if stage == "stage2":
+        lora = inspect.signature(lm_lora_config).parameters
+        lora_flags = {action.dest: action.default for action in stage_parser._actions}
+        assert (lora_flags["lora_r"], lora_flags["lora_alpha"]) == (lora["r"].default, lora["lora_alpha"].default)
+    args = parser.parse_args(["train", stage, "--data", "d.json", "--output", str(tmp_path)])
+    built, default = _config(args), config_class(output_dir=str(tmp_path))
+    for name in ("learning_rate", "warmup_ratio", "lr_scheduler_type", "weight_decay", *flags):
+        assert getattr(built, name) == getattr(default, name), name
+
+
+_NO_TRAIN_EXTRA = "import sys\nfor name in ('trl', 'peft', 'datasets', 'accelerate'):\n    sys.modules[name] = None\n"
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_train_without_the_train_extra_names_it(stage, tmp_path, cli_error):
+    data, images = write_caption_data(tmp_path)
+    code = _NO_TRAIN_EXTRA + (
+        "from hf_llava.cli import main\n"
+        f"sys.exit(main(['train', {stage!r}, '--model', {str(tmp_path / 'm')!r}, '--data', {str(data)!r}, "
+        f"'--images', {str(images)!r}, '--output', {str(tmp_path / 'out')!r}]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    cli_error(lines, "train")
+    assert f"hf-llava train {stage} needs the 'trl' package" in lines[0]
+    assert "pip install 'hf-llava[train]'" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_adapter_on_a_full_model_is_refused(tmp_path, saved_llava, capsys, cli_error):
+    path, folder = write_caption_data(tmp_path)
+    assert _train("stage1", saved_llava, tmp_path / "out", path, folder, "--merge-adapter") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    cli_error(lines, "train")
+    assert str(saved_llava) in lines[0] and "adapter_config.json" in lines[0] and "--merge-adapter" in lines[0]
+    assert not (tmp_path / "out").exists()

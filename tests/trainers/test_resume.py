@@ -113,9 +113,9 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     with socket.socket() as probe:  # a free port, so a busy default rendezvous port cannot fail the test
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-               "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(script), str(path), str(folder), str(out)]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+               "--dynamo_backend", "no", str(script), str(path), str(folder), str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]

@@ -66,7 +66,8 @@ def test_stage2_freezes_tower_trains_lm_and_projector_lr(tmp_path, tiny_model, t
 
 def test_stage2_options_tune_tower_and_freeze_llm(tmp_path, tiny_model, tiny_processor, caption_data):
     before = _snapshot(tiny_model)
-    args = fast(LlavaStage2Config, tmp_path, learning_rate=1e-3, tune_vision_tower=True, freeze_llm=True, warmup_ratio=0.0)
+    args = fast(LlavaStage2Config, tmp_path, learning_rate=1e-3, tune_vision_tower=True, freeze_llm=True,
+                warmup_ratio=0.0)
     LlavaStage2Trainer(model=tiny_model, args=args, train_dataset=caption_data, processing_class=tiny_processor).train()
     assert _changed(tiny_model, before, "vision_tower")
     assert all(torch.equal(tiny_model.state_dict()[k], before[k]) for k in _lm_keys(before))
@@ -221,3 +222,45 @@ def test_training_on_cpu_does_not_warn_about_pin_memory(tmp_path, tiny_model, ti
 def test_training_the_tiny_model_does_not_realign_special_tokens(tmp_path, tiny_model, tiny_processor, caption_data):
     _, logged = _train_collecting(tmp_path, tiny_model, tiny_processor, caption_data)
     assert not [m for m in logged if "PAD/BOS/EOS" in m]
+
+
+def test_stage2_pads_with_a_clip_image_processor(tmp_path, tokenizer, tiny_config, tiny_model, caption_data):
+    """llava-hf checkpoints carry a CLIPImageProcessor: stage 2's default `pad` works with it (the original pads in
+    its data pipeline, whatever the image processor)."""
+    clip_processor = tiny.build_processor(tokenizer, tiny_config, pad=False)
+    args = fast(LlavaStage2Config, tmp_path, max_steps=1)
+    assert args.image_aspect_ratio == "pad"
+    trainer = LlavaStage2Trainer(model=tiny_model, args=args, train_dataset=caption_data,
+                                 processing_class=clip_processor)
+    trainer.train()
+    assert [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_a_template_whose_end_the_tokenizer_lacks_is_refused(tmp_path, tiny_config, tiny_model, caption_data):
+    qwen_like = tiny.build_tokenizer(eos_token="<|endoftext|>")  # no `</s>`: vicuna_v1's end would be text
+    before = {n: p.requires_grad for n, p in tiny_model.named_parameters()}
+    with pytest.raises(ValueError, match="template='vicuna_v1' ends each answer with '</s>'"):
+        LlavaStage2Trainer(model=tiny_model, args=fast(LlavaStage2Config, tmp_path), train_dataset=caption_data,
+                           processing_class=tiny.build_processor(qwen_like, tiny_config))
+    assert {n: p.requires_grad for n, p in tiny_model.named_parameters()} == before  # refused before freezing
+
+
+@pytest.mark.parametrize("checkpointing", [None, True])
+def test_the_normal_path_gives_no_checkpointing_future_warning(tmp_path, tiny_model, tiny_processor, caption_data,
+                                                               checkpointing):
+    """transformers 5.x renamed `gradient_checkpointing` (the old name warns); TRL's default of True for it made
+    every config warn. Ours takes the old name on both lines and warns about nothing."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = fast(LlavaStage2Config, tmp_path, max_steps=1, gradient_checkpointing=checkpointing)
+        trainer = LlavaStage2Trainer(model=tiny_model, args=args, train_dataset=caption_data,
+                                     processing_class=tiny_processor)
+        trainer.train()
+    future = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert not [m for m in future if "checkpointing" in m], future
+    assert args.gradient_checkpointing is bool(checkpointing)
+    # `is_activation_checkpointing` on transformers 5.x, where the old name warns
+    active = getattr(tiny_model, "is_activation_checkpointing", None)
+    assert (tiny_model.is_gradient_checkpointing if active is None else active) is bool(checkpointing)
+    if checkpointing:
+        assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}

@@ -1,11 +1,12 @@
 """`LlavaDataCollator`: LLaVA samples -> padded `input_ids`, `attention_mask`, `labels`, `pixel_values`.
 
 What it owns: turning LLaVA turns into chat messages (placing the image before or after the first
-question), rendering them with a LLaVA chat template, tokenizing through the processor (which expands
-`<image>`, and pads images to a square or not, per `image_aspect_ratio`), and the labels: -100 everywhere
-except the assistant answers and their end-of-turn (`ChatFormat.assistant_end`). The answers' character
-spans come from rendering the conversation prefix by prefix; the token mask comes from the fast
-tokenizer's offsets. A sample whose mask cannot be built raises.
+question), rendering them with a LLaVA chat template, padding images to a square with the mean colour or not (per
+`image_aspect_ratio`, as the original's data pipeline does, before any image processor), tokenizing through
+the processor (which expands `<image>`), and the labels: -100 everywhere except the assistant answers and
+their end-of-turn (`ChatFormat.assistant_end`, which must be one special token of the tokenizer where the
+format says so). The answers' character spans come from rendering the conversation prefix by prefix; the
+token mask comes from the fast tokenizer's offsets. A sample whose mask cannot be built raises.
 Images are opened here, under the bad-image policy (`error` or `skip` with a count and a summary).
 """
 
@@ -16,7 +17,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-from ..processing import CHAT_FORMATS, get_chat_template, load_image
+from ..processing import CHAT_FORMATS, check_end_of_turn, expand_to_square, get_chat_template, load_image, mean_colour
 from .llava_json import BAD_IMAGE_POLICIES, IMAGE_ASPECT_RATIOS, IMAGE_PLACEHOLDER, IMAGE_POSITIONS
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ class LlavaDataCollator:
         image_position: `"before"` (LLaVA-1.5's training code: `<image>\\n` first, whatever the JSON says),
             `"random"` (before or after the first question, per sample, seeded: the paper), `"keep"` (where the
             data put `<image>`).
-        image_aspect_ratio: `"pad"` (pad to a square with the mean colour, then resize: LLaVA-1.5 stage 2),
-            `"square"` (resize + centre crop, no pad: LLaVA-1.5 stage 1), or None (the processor's own setting).
-            `"pad"` needs an image processor that pads (`LlavaImageProcessor`).
+        image_aspect_ratio: `"pad"` (pad to a square with the image processor's mean colour, then the image
+            processor: LLaVA-1.5 stage 2, with any image processor), `"square"` (the image processor's resize +
+            centre crop, no pad: LLaVA-1.5 stage 1), or None (the processor's own setting).
         seed: seeds `"random"`; the choice depends only on (seed, sample id), so it survives resume and workers.
         bad_image_policy: `"error"` raises on an unreadable image; `"skip"` drops the sample and counts it.
         padding_side: `"right"` (training default) or `"left"`.
@@ -76,14 +77,16 @@ class LlavaDataCollator:
             raise ValueError(f"truncation={truncation!r}: expected 'text_only' or True.")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'.")
-        self.image_kwargs = _aspect_ratio_kwargs(processor, image_aspect_ratio)
+        self.pad_colour, self.image_kwargs = _image_settings(processor, image_aspect_ratio)
         tokenizer = processor.tokenizer
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("LlavaDataCollator needs a fast tokenizer (offsets); load it with use_fast=True.")
         self.chat_template = get_chat_template(template)  # a known name or Jinja source, else an error
         self.template_name = template if template in CHAT_FORMATS else "<custom>"
-        if assistant_end is None and template in CHAT_FORMATS:
-            assistant_end = CHAT_FORMATS[template].assistant_end
+        if template in CHAT_FORMATS:
+            check_end_of_turn(tokenizer, CHAT_FORMATS[template])
+            if assistant_end is None:
+                assistant_end = CHAT_FORMATS[template].assistant_end
         self.processor = processor
         self.tokenizer = tokenizer
         self.assistant_end = assistant_end
@@ -228,6 +231,8 @@ class LlavaDataCollator:
         """Rows with their loaded images (or None) -> per-sample `input_ids`, `labels`, `pixel_values`."""
         rendered = [self.render_with_spans(row) for row in rows]
         present = [im for im in images if im is not None]
+        if self.pad_colour is not None:
+            present = [expand_to_square(im, self.pad_colour) for im in present]
         out = self.processor(
             images=present or None, text=[text for text, _ in rendered], return_offsets_mapping=True,
             **(self.image_kwargs if present else {}),
@@ -295,22 +300,20 @@ class LlavaDataCollator:
         return out
 
 
-def _aspect_ratio_kwargs(processor, image_aspect_ratio: Optional[str]) -> dict:
-    """The image kwargs that make `processor` pad (`"pad"`) or not (`"square"`); {} for its own setting."""
+def _image_settings(processor, image_aspect_ratio: Optional[str]) -> tuple[Optional[tuple], dict]:
+    """`(colour to pad images to a square with, or None; kwargs for the image processor)` for `image_aspect_ratio`.
+
+    We pad ourselves, as the original's data pipeline does, so `"pad"` works with any image processor
+    (CLIP's, SigLIP's); a `LlavaImageProcessor`'s own padding (the same pixels) is turned off. None keeps the
+    processor's own setting.
+    """
     if image_aspect_ratio is None:
-        return {}
+        return None, {}
     if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
         raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected one of {IMAGE_ASPECT_RATIOS}.")
     image_processor = getattr(processor, "image_processor", None)
-    can_pad = hasattr(image_processor, "pad_to_square")  # LlavaImageProcessor's pad-to-square with the mean colour
-    if image_aspect_ratio == "pad" and not can_pad:
-        raise ValueError(
-            f"image_aspect_ratio='pad': the processor's {type(image_processor).__name__} cannot pad images to a "
-            "square; pass image_aspect_ratio='square', or use a LlavaImageProcessor (what "
-            "hf_llava.from_vision_and_text builds by default)."
-        )
-    # "square" on an image processor that cannot pad: its own resize + centre crop already is "square".
-    return {"do_pad": image_aspect_ratio == "pad"} if can_pad else {}
+    kwargs = {"do_pad": False} if hasattr(image_processor, "pad_to_square") else {}  # LlavaImageProcessor's switch
+    return (mean_colour(image_processor) if image_aspect_ratio == "pad" else None), kwargs
 
 
 def data_summary(skipped: list, fully_truncated: int) -> str:

@@ -14,6 +14,7 @@ explicit `'\n'` inside an expression, never a literal one after a tag.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 # The template variable `image_token` (the processor passes its own), `<image>` when rendered without it.
 _IMAGE_TOKEN = "{%- set image_token = image_token if image_token is defined else '<image>' -%}"
@@ -29,7 +30,8 @@ _CONTENT_MACRO = (
     "{%- if part['type'] == 'text' -%}"
     "{%- set ns.text = ns.text + part['text'] -%}{%- set ns.seen_text = true -%}"
     "{%- elif part['type'] == 'image' or part['type'] == 'image_url' -%}"
-    "{%- if ns.seen_text -%}{%- set ns.after = ns.after + 1 -%}{%- else -%}{%- set ns.before = ns.before + 1 -%}{%- endif -%}"
+    "{%- if ns.seen_text -%}{%- set ns.after = ns.after + 1 -%}"
+    "{%- else -%}{%- set ns.before = ns.before + 1 -%}{%- endif -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if ns.text == '' -%}{{- image_token * (ns.before + ns.after) -}}"
@@ -52,15 +54,19 @@ def _system_prelude(default_system: str) -> str:
 
 @dataclass(frozen=True)
 class ChatFormat:
-    """One LLaVA conversation format: its name, its Jinja source, and the text that ends an assistant
-    turn (what the training labels keep after each answer)."""
+    """One LLaVA conversation format: its name, its Jinja source, the text that ends an assistant turn (what
+    the training labels keep after each answer), and the special token that text stands for (`end_token`,
+    which the tokenizer must hold as one special token so that generation stops there; None where the end is
+    plain text, such as `plain`'s newline or `llava_v0`'s `###`, matched as a stop string)."""
 
     name: str
     template: str
     assistant_end: str
+    end_token: Optional[str] = None
 
 
-def _separator_style(name: str, default_system: str, user: str, assistant: str, sep: str, sep2: str) -> ChatFormat:
+def _separator_style(name: str, default_system: str, user: str, assistant: str, sep: str, sep2: str,
+                     end_token: Optional[str] = None) -> ChatFormat:
     """`SeparatorStyle.TWO` (vicuna_v1: `sep` after user turns, `sep2` after answers) and, with
     sep2 == sep, `SeparatorStyle.SINGLE` (llava_v0)."""
     return ChatFormat(name, (
@@ -68,11 +74,13 @@ def _separator_style(name: str, default_system: str, user: str, assistant: str, 
         + _system_prelude(default_system)
         + "{{- system + " + repr(sep) + " -}}"
         + "{%- for message in turns -%}"
-        + "{%- if message['role'] == 'user' -%}{{- " + repr(user + ": ") + " + render(message, image_token) + " + repr(sep) + " -}}"
-        + "{%- else -%}{{- " + repr(assistant + ": ") + " + render(message, image_token) + " + repr(sep2) + " -}}{%- endif -%}"
+        + "{%- if message['role'] == 'user' -%}"
+        + "{{- " + repr(user + ": ") + " + render(message, image_token) + " + repr(sep) + " -}}"
+        + "{%- else -%}{{- " + repr(assistant + ": ") + " + render(message, image_token) + " + repr(sep2) + " -}}"
+        + "{%- endif -%}"
         + "{%- endfor -%}"
         + "{%- if add_generation_prompt -%}{{- " + repr(assistant + ":") + " -}}{%- endif -%}"
-    ), assistant_end=sep2)
+    ), assistant_end=sep2, end_token=end_token)
 
 
 def _llama2_style(name: str, default_system: str, sep: str) -> ChatFormat:
@@ -84,12 +92,13 @@ def _llama2_style(name: str, default_system: str, sep: str) -> ChatFormat:
         + "{%- for message in turns -%}"
         + "{%- if message['role'] == 'user' -%}"
         + "{%- set text = render(message, image_token) -%}"
-        + "{%- if loop.first and system -%}{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text -%}{%- endif -%}"
+        + "{%- if loop.first and system -%}"
+        + "{%- set text = '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text -%}{%- endif -%}"
         + "{%- if not loop.first -%}{{- " + repr(sep) + " -}}{%- endif -%}"
         + "{{- '[INST] ' + text + ' [/INST]' -}}"
         + "{%- else -%}{{- ' ' + render(message, image_token) + " + repr(answer_end) + " -}}{%- endif -%}"
         + "{%- endfor -%}"
-    ), assistant_end=answer_end)
+    ), assistant_end=answer_end, end_token=answer_end.strip())
 
 
 def _mpt_style(name: str, default_system: str, system: str, user: str, assistant: str, sep: str) -> ChatFormat:
@@ -99,11 +108,12 @@ def _mpt_style(name: str, default_system: str, system: str, user: str, assistant
         + _system_prelude(default_system)
         + "{{- " + repr(system) + " + system + " + repr(sep) + " -}}"
         + "{%- for message in turns -%}"
-        + "{%- if message['role'] == 'user' -%}{{- " + repr(user) + " + render(message, image_token) + " + repr(sep) + " -}}"
+        + "{%- if message['role'] == 'user' -%}"
+        + "{{- " + repr(user) + " + render(message, image_token) + " + repr(sep) + " -}}"
         + "{%- else -%}{{- " + repr(assistant) + " + render(message, image_token) + " + repr(sep) + " -}}{%- endif -%}"
         + "{%- endfor -%}"
         + "{%- if add_generation_prompt -%}{{- " + repr(assistant) + " -}}{%- endif -%}"
-    ), assistant_end=sep)
+    ), assistant_end=sep, end_token=sep)
 
 
 # Stage 1 (feature alignment): `<image>` then the caption then "\n"; the instruction text is dropped.
@@ -140,7 +150,7 @@ LLAMA_2_SYSTEM = (
 CHATML_SYSTEM = "Answer the questions."
 
 CHAT_FORMATS: dict[str, ChatFormat] = {f.name: f for f in (
-    _separator_style("vicuna_v1", VICUNA_SYSTEM, "USER", "ASSISTANT", " ", "</s>"),
+    _separator_style("vicuna_v1", VICUNA_SYSTEM, "USER", "ASSISTANT", " ", "</s>", end_token="</s>"),
     _separator_style("llava_v0", LLAVA_V0_SYSTEM, "Human", "Assistant", "###", "###"),
     ChatFormat("plain", _PLAIN, assistant_end="\n"),
     _llama2_style("llama_2", LLAMA_2_SYSTEM, "<s>"),
@@ -160,6 +170,33 @@ def chat_format(name: str) -> ChatFormat:
         raise ValueError(f"template={name!r} is not a known chat format; expected one of "
                          f"{', '.join(sorted(CHAT_FORMATS))}.")
     return CHAT_FORMATS[name]
+
+
+def check_end_of_turn(tokenizer, fmt: ChatFormat) -> None:
+    """Raise `ValueError` when `fmt` ends answers with a special token (`end_token`) that `tokenizer` does not
+    hold as one special token: trained on its pieces, a model learns to write that text and never stops."""
+    token = fmt.end_token
+    if token is None:
+        return
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, added in getattr(tokenizer, "added_tokens_decoder", {}).items() if added.special}
+    if token_id is not None and token_id != tokenizer.unk_token_id and token_id in special:
+        return
+    pieces = tokenizer.tokenize(token)
+    eos = tokenizer.eos_token
+    fitting = sorted(f.name for f in CHAT_FORMATS.values() if eos is not None and f.end_token == eos)
+    if fitting:
+        names = " or ".join(repr(n) for n in fitting)
+        use = f"template={names} (ending answers with the tokenizer's eos_token {eos!r})"
+    else:
+        use = f"a chat template that ends answers with the tokenizer's eos_token {eos!r}"
+    raise ValueError(
+        f"template={fmt.name!r} ends each answer with {token!r}, which this tokenizer makes {len(pieces)} ordinary "
+        f"token(s) {pieces}, not one special token: the model would learn to write that text and never stop. Use "
+        f"{use}, or add the token (tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}}), then "
+        "resize the model's embeddings)."
+    )
 
 
 def is_jinja(text: str) -> bool:
@@ -185,4 +222,5 @@ def get_chat_template(name_or_source: str) -> str:
     )
 
 
-__all__ = ["CHAT_FORMATS", "CHAT_TEMPLATES", "ChatFormat", "chat_format", "get_chat_template", "is_jinja"]
+__all__ = ["CHAT_FORMATS", "CHAT_TEMPLATES", "ChatFormat", "chat_format", "check_end_of_turn", "get_chat_template",
+           "is_jinja"]

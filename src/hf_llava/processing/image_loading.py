@@ -21,8 +21,8 @@ def load_image(image: Any, index: int = 0) -> Any:
 
     Accepts `PIL.Image` (RGBA, LA, P, L, CMYK... converted with `.convert("RGB")`, as the original and
     transformers do), a path, a `file://` URL, a numpy array or a torch tensor: (H, W) grayscale, or
-    HWC / CHW with 1, 3 channels, or 2 / 4 with alpha (dropped, as PIL's conversion does). Zero-sized, unreadable or corrupt
-    images raise `ValueError` naming the image.
+    HWC / CHW with 1, 3 channels, or 2 / 4 with alpha (dropped, as PIL's conversion does). Zero-sized,
+    unreadable or corrupt images raise `ValueError` naming the image.
     """
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
@@ -67,6 +67,28 @@ def load_image(image: Any, index: int = 0) -> Any:
     )
 
 
+# Provenance: LLaVA's `llava/mm_utils.py` `expand2square`, what its training data pipeline runs before the image
+# processor for `image_aspect_ratio="pad"` (with the processor's mean colour), whatever the image processor is.
+def expand_to_square(image: Image.Image, background: tuple) -> Image.Image:
+    """`image` centred on a square canvas of colour `background` (side: its longer edge); square images as they are."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def mean_colour(image_processor) -> tuple:
+    """The image processor's `image_mean` as 0-255 integers: LLaVA-1.5's padding colour ((122, 116, 104) for CLIP)."""
+    mean = getattr(image_processor, "image_mean", None)
+    if mean is None:
+        raise ValueError(f"{type(image_processor).__name__} has no image_mean, the colour images are padded with; "
+                         "use an image processor that normalises with a mean (CLIP, SigLIP).")
+    return tuple(int(x * 255) for x in mean)
+
+
 def load_images(images: Any) -> list:
     """A single image or a (nested) list of images -> a flat list of loaded images, in order."""
     if images is None:
@@ -82,4 +104,4 @@ def load_images(images: Any) -> list:
     return [load_image(image, i) for i, image in enumerate(flat)]
 
 
-__all__ = ["load_image", "load_images"]
+__all__ = ["expand_to_square", "load_image", "load_images", "mean_colour"]

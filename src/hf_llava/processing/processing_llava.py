@@ -174,7 +174,8 @@ class LlavaProcessor(ProcessorMixin):
         """
         parts = text.split(self.image_token)
         if len(parts) - 1 != len(tokens_per_image):
-            raise ValueError(f"{len(parts) - 1} {self.image_token!r} placeholder(s) for {len(tokens_per_image)} count(s).")
+            raise ValueError(
+                f"{len(parts) - 1} {self.image_token!r} placeholder(s) for {len(tokens_per_image)} count(s).")
         out, added = [parts[0]], []
         for count, part in zip(tokens_per_image, parts[1:]):
             out.append(self.image_token * count + part)
@@ -203,7 +204,8 @@ class LlavaProcessor(ProcessorMixin):
         max_length = kwargs.pop("max_length", None)
         if truncation and max_length is None and self.tokenizer.model_max_length < 1e8:
             max_length = self.tokenizer.model_max_length  # what the tokenizer would truncate to
-        output_kwargs = self._merge_kwargs(LlavaProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        output_kwargs = self._merge_kwargs(LlavaProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs,
+                                           **kwargs)
         image_inputs = {}
         if images is not None:
             image_inputs = self.image_processor(load_images(images), **output_kwargs["images_kwargs"])

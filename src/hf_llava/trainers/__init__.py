@@ -4,7 +4,23 @@ The names are imported on first use: importing the package (or `hf_llava.trainer
 torch nor TRL.
 """
 
+import importlib.util
+
 from .._lazy import lazy_names
+
+# The modules of the `[train]` extra (pyproject.toml), as imported.
+TRAIN_MODULES = ("trl", "peft", "datasets", "accelerate")
+
+
+def require_training(feature: str) -> None:
+    """Raise `MissingExtraError` (`pip install 'hf-llava[train]'`) when a module of the `[train]` extra is missing;
+    `feature` names what needs it ("hf-llava train"). Looks the modules up without importing them."""
+    from .._extras import require
+
+    for module in TRAIN_MODULES:
+        if importlib.util.find_spec(module) is None:
+            require(module, "train", feature)  # raises, naming the extra
+
 
 __getattr__, __dir__ = lazy_names(__name__, {
     "LlavaStage1Config": ".configs",
@@ -31,12 +47,14 @@ __all__ = [
     "LlavaStage2Config",
     "LlavaStage2Trainer",
     "PROJECTOR_FILE",
+    "TRAIN_MODULES",
     "check_lora_placement",
     "check_training_output",
     "lm_lora_config",
     "load_model_with_projector",
     "load_projector",
     "merge_lora",
+    "require_training",
     "save_projector",
     "set_trainable",
     "split_param_groups",

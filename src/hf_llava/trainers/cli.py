@@ -9,9 +9,33 @@ import logging
 import os
 
 from ..data.llava_json import BAD_IMAGE_POLICIES, IMAGE_ASPECT_RATIOS, IMAGE_POSITIONS
-from .recipe import IMAGE_POSITION, LORA, STAGE1, STAGE2
+from .recipe import LORA, STAGE1, STAGE2, stage_defaults
 
 logger = logging.getLogger(__name__)
+
+# The flags that set a field of the stage's config: (flag, config field, type or choices, help). Each flag's
+# default is that config's default, read from recipe.py (building the flags from the config dataclasses
+# themselves would import torch and TRL for `--help`, and list all of TrainingArguments' options).
+_CONFIG_FLAGS = (
+    ("--epochs", "num_train_epochs", float, "training epochs"),
+    ("--batch-size", "per_device_train_batch_size", int,
+     "per-device batch size (the recipe's global batch = this x devices x --grad-accum)"),
+    ("--grad-accum", "gradient_accumulation_steps", int, "gradient accumulation steps"),
+    ("--max-steps", "max_steps", int, "stop after this many steps (-1: --epochs decides)"),
+    ("--max-length", "max_length", int, "token budget per sample (text is truncated)"),
+    ("--save-steps", "save_steps", int, "write a checkpoint every this many steps"),
+    ("--logging-steps", "logging_steps", int, "log loss and learning rates every N steps"),
+    ("--seed", "seed", int, "random seed (also of --image-position random)"),
+    ("--template", "template", str, "chat template (a CHAT_TEMPLATES name)"),
+    ("--image-position", "image_position", IMAGE_POSITIONS,
+     "the image in the first turn: before the question (LLaVA-1.5's code), random (the paper), keep (where the "
+     "JSON puts <image>)"),
+    ("--image-aspect-ratio", "image_aspect_ratio", IMAGE_ASPECT_RATIOS,
+     "square: resize + centre crop (recipe, stage 1); pad: pad to a square with the mean colour first (recipe, "
+     "stage 2)"),
+    ("--bad-image-policy", "bad_image_policy", BAD_IMAGE_POLICIES,
+     "an unreadable or missing image: stop (error) or drop the sample and count it (skip)"),
+)
 
 
 def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
@@ -20,7 +44,8 @@ def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
     parser.add_argument("--model", default=None,
                         help="model folder (stage 2: a stage-1 output, or a base model with --projector)")
     parser.add_argument("--vision-tower", default=None, metavar="DIR",
-                        help="instead of --model: build a fresh LLaVA from this CLIP / SigLIP folder and --language-model")
+                        help="instead of --model: build a fresh LLaVA from this CLIP / SigLIP folder and "
+                             "--language-model")
     parser.add_argument("--language-model", default=None, metavar="DIR",
                         help="instead of --model: the causal LM folder (with its tokenizer) for --vision-tower")
     parser.add_argument("--projector-type", default="mlp2x_gelu",
@@ -35,27 +60,17 @@ def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
                         help="train into a non-empty --output anyway (same-named files are replaced, others kept)")
     parser.add_argument("--resume", default=None,
                         help="continue from a checkpoint folder, or 'last' (the newest checkpoint-N in --output)")
-    parser.add_argument("--epochs", type=float, default=1.0, help="training epochs")
-    parser.add_argument("--batch-size", type=int, default=16, help="per-device batch size")
-    parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--lr", type=float, default=None, help=f"learning rate (default: the recipe's, {lrs})")
     parser.add_argument("--projector-lr", type=float, default=None,
                         help=f"the projector's learning rate (default: --lr; with --lora {LORA['projector_lr']})")
-    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: --epochs decides)")
-    parser.add_argument("--max-length", type=int, default=2048, help="token budget per sample (text is truncated)")
-    parser.add_argument("--save-steps", type=int, default=500, help="write a checkpoint every this many steps")
-    parser.add_argument("--logging-steps", type=int, default=10, help="log loss and learning rates every N steps")
-    parser.add_argument("--seed", type=int, default=42, help="random seed (also of --image-position random)")
-    parser.add_argument("--template", default=recipe["template"], help="chat template (a CHAT_TEMPLATES name)")
-    parser.add_argument("--image-position", default=IMAGE_POSITION, choices=IMAGE_POSITIONS,
-                        help="the image in the first turn: before the question (LLaVA-1.5's code), random "
-                             "(the paper), keep (where the JSON puts <image>)")
-    parser.add_argument("--image-aspect-ratio", default=recipe["image_aspect_ratio"], choices=IMAGE_ASPECT_RATIOS,
-                        help="square: resize + centre crop (recipe, stage 1); pad: pad to a square with the mean "
-                             "colour first (recipe, stage 2)")
-    parser.add_argument("--bad-image-policy", default="error", choices=BAD_IMAGE_POLICIES,
-                        help="an unreadable or missing image: stop (error) or drop the sample and count it (skip)")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
+    defaults = stage_defaults(stage)
+    for flag, name, kind, help_text in _CONFIG_FLAGS:
+        if isinstance(kind, tuple):
+            parser.add_argument(flag, dest=name, default=defaults[name], choices=kind, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=defaults[name], type=kind, help=help_text,
+                                metavar=flag[2:].upper().replace("-", "_"))
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None,
                         help="recompute activations in the backward pass to save memory")
     if stage == 2:
         parser.add_argument("--projector", default=None,
@@ -81,19 +96,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace):
     """The stage's config from the flags (the recipe's values where a flag is not given)."""
-    from . import LlavaStage1Config, LlavaStage2Config
+    from .configs import LlavaStage1Config, LlavaStage2Config
 
     stage1 = args.stage == "stage1"
-    kwargs = dict(
-        output_dir=args.output, num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, max_steps=args.max_steps, max_length=args.max_length,
-        save_steps=args.save_steps, logging_steps=args.logging_steps, seed=args.seed,
-        image_position=args.image_position, image_aspect_ratio=args.image_aspect_ratio,
-        bad_image_policy=args.bad_image_policy, projector_lr=args.projector_lr,
-        gradient_checkpointing=args.gradient_checkpointing, template=args.template,
-    )
-    if args.gradient_checkpointing:
-        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    kwargs = {name: getattr(args, name) for _, name, _, _ in _CONFIG_FLAGS}
+    kwargs.update(output_dir=args.output, projector_lr=args.projector_lr,
+                  gradient_checkpointing=args.gradient_checkpointing)
     if args.lr is not None:
         kwargs["learning_rate"] = args.lr
     elif not stage1 and args.lora:
@@ -117,6 +125,9 @@ def _check_model_source(args: argparse.Namespace) -> bool:
     parts = (args.vision_tower, args.language_model)
     if args.model is not None and any(parts):
         raise ValueError("pass either model=DIR or vision_tower=DIR with language_model=DIR, not both.")
+    if args.model is None and args.merge_adapter:
+        raise ValueError("merge_adapter=True merges the LoRA adapter given as model=DIR; a model built from "
+                         "vision_tower=DIR and language_model=DIR has none: drop merge_adapter=True.")
     if args.model is None and not all(parts):
         raise ValueError("pass model=DIR (a saved hf-llava folder), or vision_tower=DIR and language_model=DIR to "
                          "build a fresh LLaVA from a pretrained tower and LM.")
@@ -129,13 +140,17 @@ def _check_model_source(args: argparse.Namespace) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Checks the output folder and the data, then loads the model, trains and saves (see the module's order)."""
-    from .._loading import is_adapter
+    from .._loading import check_merge_adapter, is_adapter
+    from . import require_training
     from .outputs import check_training_output, training_output
 
+    require_training(f"hf-llava train {args.stage}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stage1 = args.stage == "stage1"
     lora = not stage1 and args.lora
     built = _check_model_source(args)
+    if not built:
+        check_merge_adapter(args.model, args.merge_adapter)
     resume = check_training_output(args.output, overwrite=args.overwrite, resume=args.resume)
     if lora and is_adapter(args.model):
         raise ValueError(f"model={args.model!r} is a LoRA adapter: a new adapter needs its base model as a folder; "

@@ -43,7 +43,8 @@ def set_trainable(model: nn.Module, parts: Iterable[str]) -> dict[str, int]:
 
 
 def stage_parts(stage: int, tune_vision_tower: bool = False, freeze_llm: bool = False) -> list[str]:
-    """Stage 1: projector. Stage 2: projector + language model (`freeze_llm` drops it, `tune_vision_tower` adds the tower)."""
+    """Stage 1: projector. Stage 2: projector + language model (`freeze_llm` drops it, `tune_vision_tower` adds
+    the tower)."""
     if stage == 1:
         parts = ["projector"]
     elif stage == 2:
@@ -56,11 +57,12 @@ def stage_parts(stage: int, tune_vision_tower: bool = False, freeze_llm: bool = 
 def lm_lora_config(
     r: int = LORA["r"],
     lora_alpha: int = LORA["lora_alpha"],
-    lora_dropout: float = 0.05,
+    lora_dropout: float = LORA["lora_dropout"],
     target_names: Iterable[str] = LM_LINEAR_NAMES,
     **kwargs,
 ):
-    """A `peft.LoraConfig` for the language model only (the recipe's r 128, alpha 256), projector fully trained.
+    """A `peft.LoraConfig` for the language model only (the recipe's rank, alpha and dropout by default), the
+    projector fully trained.
 
     The targets are a regex on `language_model`: a plain list of `q_proj`... would also hit the CLIP tower.
     """
@@ -86,7 +88,8 @@ def check_lora_placement(model: nn.Module) -> None:
     if bad:
         raise ValueError(
             f"The LoRA config put adapters in the vision tower ({len(bad)} modules, e.g. {bad[0]!r}). Target the "
-            "language model only: `hf_llava.trainers.lm_lora_config()` or target_modules=r'.*language_model.*\\.(q_proj|v_proj)'."
+            "language model only: `hf_llava.trainers.lm_lora_config()` or "
+            "target_modules=r'.*language_model.*\\.(q_proj|v_proj)'."
         )
 
 

@@ -23,7 +23,8 @@ def projector_state_dict(state_dict: dict) -> dict[str, torch.Tensor]:
 
 
 def save_projector(state_dict: dict, path: str) -> str:
-    """Write the projector weights of `state_dict` to `path` (a file, or a folder getting `mm_projector.safetensors`)."""
+    """Write the projector weights of `state_dict` to `path` (a file, or a folder getting
+    `mm_projector.safetensors`)."""
     if os.path.isdir(path) or not path.endswith(".safetensors"):
         path = os.path.join(path, PROJECTOR_FILE)
     tensors = projector_state_dict(state_dict)

@@ -1,13 +1,39 @@
-"""The LLaVA-1.5 recipe's per-stage values (its `scripts/v1_5` training scripts), in one place.
+"""The LLaVA-1.5 recipe (its `scripts/v1_5/pretrain.sh` and `finetune.sh`) and hf-llava's run defaults: every
+number of the two stages' defaults, once.
 
-The configs take their defaults from here and the CLI shows them in `--help`; this module imports nothing
-heavy, so `hf-llava train --help` answers at once.
+The stage configs (`configs.py`) take their defaults from here and the `train` command shows the same values
+in `--help`; this module imports nothing, so `hf-llava train --help` answers at once.
 """
 
-STAGE1 = {"learning_rate": 1e-3, "template": "plain", "image_aspect_ratio": "square"}
-STAGE2 = {"learning_rate": 2e-5, "template": "vicuna_v1", "image_aspect_ratio": "pad"}
+# Both stages: one epoch (the paper's v1 stage 2: 3), 3% warmup then cosine, no weight decay, 2048 tokens.
+SCHEDULE = {
+    "num_train_epochs": 1.0,
+    "warmup_ratio": 0.03,
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 0.0,
+    "max_length": 2048,
+    "gradient_accumulation_steps": 1,
+}
+# Per-device batches of the scripts, on 8 GPUs: global batches of 256 (stage 1) and 128 (stage 2). The global
+# batch is per_device_train_batch_size x gradient_accumulation_steps x processes: set them for your hardware.
+STAGE1 = {"learning_rate": 1e-3, "per_device_train_batch_size": 32, "template": "plain",
+          "image_aspect_ratio": "square"}
+STAGE2 = {"learning_rate": 2e-5, "per_device_train_batch_size": 16, "template": "vicuna_v1",
+          "image_aspect_ratio": "pad"}
 # LoRA variant of stage 2: LoRA on the language model, the projector fully trained at its own rate.
-LORA = {"r": 128, "lora_alpha": 256, "learning_rate": 2e-4, "projector_lr": 2e-5}
+LORA = {"r": 128, "lora_alpha": 256, "lora_dropout": 0.05, "learning_rate": 2e-4, "projector_lr": 2e-5}
 IMAGE_POSITION = "before"  # the 1.5 code puts "<image>\n" first in the first turn, whatever the JSON says
 
-__all__ = ["IMAGE_POSITION", "LORA", "STAGE1", "STAGE2"]
+# hf-llava's own, where the scripts are tied to their cluster (a checkpoint every 24000 / 50000 steps, a log
+# line every step) or leave transformers' value (seed, max_steps -1: the epochs decide).
+RUN = {"logging_steps": 10, "save_steps": 500, "seed": 42, "max_steps": -1, "bad_image_policy": "error"}
+
+
+def stage_defaults(stage: int) -> dict:
+    """Every default the stage's config sets from this module (`LlavaStage{stage}Config`'s field names)."""
+    if stage not in (1, 2):
+        raise ValueError(f"stage={stage!r}: expected 1 or 2.")
+    return {**SCHEDULE, **RUN, "image_position": IMAGE_POSITION, **(STAGE1 if stage == 1 else STAGE2)}
+
+
+__all__ = ["IMAGE_POSITION", "LORA", "RUN", "SCHEDULE", "STAGE1", "STAGE2", "stage_defaults"]

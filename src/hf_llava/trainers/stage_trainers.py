@@ -37,6 +37,12 @@ class _LlavaTrainer(SFTTrainer):
         if processing_class is None:
             raise ValueError("Pass processing_class=LlavaProcessor (AutoProcessor.from_pretrained(path)).")
         args = args if args is not None else self.config_class(output_dir=f"llava-stage{self.stage}")
+        if data_collator is None:  # first: it refuses a template the tokenizer cannot end, before the model changes
+            data_collator = LlavaDataCollator(
+                processing_class, template=args.template, max_length=args.max_length, truncation=args.truncation,
+                image_position=args.image_position, seed=args.seed, bad_image_policy=args.bad_image_policy,
+                image_aspect_ratio=args.image_aspect_ratio, report_in_batch=True,
+            )
         tune_tower = getattr(args, "tune_vision_tower", False)
         if peft_config is not None:
             if tune_tower:
@@ -45,12 +51,6 @@ class _LlavaTrainer(SFTTrainer):
         else:
             counts = set_trainable(model, stage_parts(self.stage, tune_tower, getattr(args, "freeze_llm", False)))
             logger.info("Stage %d trainable parameters: %s", self.stage, counts)
-        if data_collator is None:
-            data_collator = LlavaDataCollator(
-                processing_class, template=args.template, max_length=args.max_length, truncation=args.truncation,
-                image_position=args.image_position, seed=args.seed, bad_image_policy=args.bad_image_policy,
-                image_aspect_ratio=args.image_aspect_ratio, report_in_batch=True,
-            )
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, data_collator=data_collator, peft_config=peft_config,
                          **kwargs)
