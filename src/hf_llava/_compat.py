@@ -75,6 +75,12 @@ def pil_image_processor(name: str):
     return getattr(transformers, name + "Pil" if HAS_IMAGE_BACKENDS else name)
 
 
+def image_features(output):
+    """The projected visual tokens `(num_images, num_image_tokens, text_hidden)` from `get_image_features`: 5.0
+    returns a `BaseModelOutputWithPooling` holding them as `pooler_output` (as 5.x's llava does), 4.57 the tensor."""
+    return getattr(output, "pooler_output", output)
+
+
 def auto_model_classes() -> list:
     """The Auto classes an image-text-to-text model registers with on this line."""
     names = ["AutoModelForImageTextToText"] + (["AutoModelForVision2Seq"] if HAS_VISION2SEQ else [])
@@ -83,5 +89,6 @@ def auto_model_classes() -> list:
 
 __all__ = [
     "CACHE_NAME", "GENERATION_DEFAULTS_ON_USE", "HAS_IMAGE_BACKENDS", "HAS_VISION2SEQ", "PIL_IMAGE_PROCESSOR_KWARGS",
-    "TRANSFORMERS_5", "TRANSFORMERS_VERSION", "auto_model_classes", "complete_generation_config", "pil_image_processor",
+    "TRANSFORMERS_5", "TRANSFORMERS_VERSION", "auto_model_classes", "complete_generation_config", "image_features",
+    "pil_image_processor",
 ]

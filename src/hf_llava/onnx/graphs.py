@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-from .._compat import CACHE_NAME
+from .._compat import CACHE_NAME, image_features
 from .layout import kv_shape, past_names, present_names
 
 
@@ -35,7 +35,7 @@ class VisionEncoder(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values)
+        return image_features(self.model.get_image_features(pixel_values))
 
 
 class EmbedTokens(nn.Module):
