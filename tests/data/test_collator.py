@@ -164,11 +164,11 @@ def test_end_of_turn_must_be_one_special_token_of_the_tokenizer(tiny_config):
     message = str(error.value)
     assert "template='vicuna_v1'" in message and "'</s>'" in message
     assert str(qwen_like.tokenize("</s>")) in message  # what the tokenizer makes of it
-    assert "eos_token '<|endoftext|>'" in message and "add_special_tokens" in message  # the two fixes
+    assert "eos_token '<|endoftext|>'" in message and "add_tokens(['</s>'], special_tokens=True)" in message
     LlavaDataCollator(processor, template="plain")  # a plain-text end (a newline) needs no token
     with pytest.raises(ValueError, match="template='chatml' ends each answer with '<\\|im_end\\|>'"):
         LlavaDataCollator(processor, template="chatml")
-    qwen_like.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]}, replace_additional_special_tokens=False)
+    qwen_like.add_tokens(["<|im_end|>"], special_tokens=True)  # the fix the message names
     end_id = qwen_like.convert_tokens_to_ids("<|im_end|>")
     batch = LlavaDataCollator(processor, template="chatml")([{"id": "t", "image": None, "conversations": [
         {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "A cat."}]}])

@@ -194,8 +194,8 @@ def check_end_of_turn(tokenizer, fmt: ChatFormat) -> None:
     raise ValueError(
         f"template={fmt.name!r} ends each answer with {token!r}, which this tokenizer makes {len(pieces)} ordinary "
         f"token(s) {pieces}, not one special token: the model would learn to write that text and never stop. Use "
-        f"{use}, or add the token (tokenizer.add_special_tokens({{'additional_special_tokens': [{token!r}]}}), then "
-        "resize the model's embeddings)."
+        f"{use}, or add the token (tokenizer.add_tokens([{token!r}], special_tokens=True), then resize the model's "
+        "embeddings)."
     )
 
 
