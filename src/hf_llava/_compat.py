@@ -27,6 +27,9 @@ The differences the copied files meet, listed here so that this module stays the
   tied `lm_head` with it, as 5.x's llava.
 - 5.0 image processors have backends (`backend="pil"`, replacing `use_fast=False`): `processing_llava` asks
   for the PIL one and keeps the option away from the tokenizer.
+- 5.25 renames `TrainingArguments.gradient_checkpointing(_kwargs)` to `activation_checkpointing(_kwargs)`; the old
+  names warn when set, and TRL 1.16 sets the old one: `trainers.configs` takes the old names on both lines and moves
+  them where the new field exists (a public dataclass field, checked there so that this module imports no trainer).
 - 5.25 renames the KV cache `past_key_values` -> `cache` (forward keyword and output field; the old name warns):
   `modeling_llava.CACHE_NAME` is the installed line's name; its forwards take either (the old one warns on
   5.25+, as transformers' models do) and its outputs declare that one. Code outside the copied files uses

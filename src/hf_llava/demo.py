@@ -254,9 +254,9 @@ def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, 
     """The whole demo into `output` (default: `default_output()`); returns the report (also `report.json`)."""
     from ._io import atomic_output, check_output_folder
     from ._extras import require
+    from .trainers import require_training
 
-    for module in ("trl", "peft", "datasets", "accelerate"):
-        require(module, "train", "The demo's training steps")
+    require_training("The demo's training steps")
     require("onnxruntime", "onnx", "The demo's ONNX step")
     device = resolve_device(device)
     output = check_output_folder(output if output is not None else default_output(), overwrite)

@@ -48,13 +48,13 @@ def original_prompt(name, turns, system=None):
             ret += role + message + sep if message else role
     elif style == "PLAIN":
         ret = default_system
-        for i, (role, message) in enumerate(messages):
+        for i, (_role, message) in enumerate(messages):
             if message:
                 ret += message + [sep, sep2][i % 2]
     else:  # LLAMA_2
         wrap_sys = lambda msg: f"<<SYS>>\n{msg}\n<</SYS>>\n\n" if len(msg) > 0 else msg  # noqa: E731
         ret = ""
-        for i, (role, message) in enumerate(messages):
+        for i, (_role, message) in enumerate(messages):
             if message:
                 if i == 0:
                     message = wrap_sys(default_system) + message

@@ -7,7 +7,7 @@
 - `ShardWriter`: streams converted tensors into `model-0000i-of-0000N.safetensors` shards plus the
   index, so memory stays near one shard (the library savers take a whole state dict at once).
 - `TensorSource` / `write_converted`: the one loop every conversion runs (account, map, write).
-(`hf_llava._atomic.atomic_output` builds the result beside DST and moves it into place only when
+(`hf_llava._io.atomic_output` builds the result beside DST and moves it into place only when
 everything succeeded; a failure leaves no DST and an existing DST untouched.)
 """
 

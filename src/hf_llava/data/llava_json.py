@@ -1,7 +1,8 @@
 """Reading and validating LLaVA conversation data (JSON or JSONL) into a `datasets.Dataset`.
 
 The format is the original LLaVA one:
-`[{"id": ..., "image": "coco/0001.jpg", "conversations": [{"from": "human", "value": "<image>\\nQ"}, {"from": "gpt", "value": "A"}, ...]}]`.
+`[{"id": ..., "image": "coco/0001.jpg", "conversations": [{"from": "human", "value": "<image>\\nQ"},
+{"from": "gpt", "value": "A"}, ...]}]`.
 Samples without an `image` key are text-only; `image` paths resolve against `image_folder`. Everything is
 checked up front and every problem is reported with the file, the sample id (and index) and what was
 expected; images are only *opened* during training (the collator does that, under the bad-image policy).

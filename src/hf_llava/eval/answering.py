@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from .._io import Progress, digest, open_journal
-from .._loading import ADAPTER_CONFIG, check_device, is_adapter
+from .._loading import check_device, check_merge_adapter, is_adapter
 from ..onnx.layout import EXPORT_INFO, PROVIDERS
 from .files import ANSWERS, DIGEST_CHARS, beside
 from .inputs import resolve_image
@@ -36,9 +36,7 @@ def check_model(path: PathLike, merge_adapter: bool = False, device: Optional[st
     if not (is_onnx_folder(path) or is_adapter(path) or (path / "config.json").is_file()):
         raise ValueError(f"model={path} has no config.json and no {EXPORT_INFO}: pass a folder written by "
                          "save_pretrained or by `hf-llava export-onnx`.")
-    if merge_adapter and not is_adapter(path):  # else the flag would be ignored without a word
-        raise ValueError(f"model={path} is not a LoRA adapter folder (it has no {ADAPTER_CONFIG}), so there is "
-                         "nothing to merge: drop merge_adapter=True, or pass the adapter's folder.")
+    check_merge_adapter(path, merge_adapter)  # else the flag would be ignored without a word
     if device is not None and device.split(":")[0] not in PROVIDERS:
         raise ValueError(f"device={device!r}: expected one of {', '.join(PROVIDERS)}.")
     if not is_onnx_folder(path):  # ONNX Runtime reports the provider it runs on itself

@@ -7,11 +7,11 @@ chat templates, and truncation that never cuts through image tokens.
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
 
-import importlib.util
 import json
 import os
 from typing import Optional, Union
 
+import transformers
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
@@ -82,9 +82,9 @@ def write_portable_processor_files(save_directory) -> None:
 
 
 # transformers >= 5 picks image processors by backend ("pil" / "torchvision", replacing `use_fast`) and finds
-# a processor's parts by modality; 4.57 needs their class names. Feature-detected, not taken from hf-llava's
-# compatibility module: this file is copied next to checkpoints and loads alone.
-_HAS_BACKENDS = importlib.util.find_spec("transformers.image_processing_backends") is not None
+# a processor's parts by modality; 4.57 needs their class names. Detected by public API (the PIL backend's class
+# that 5.0 added), as `_compat.HAS_IMAGE_BACKENDS` does: this file is copied next to checkpoints and loads alone.
+_HAS_BACKENDS = hasattr(transformers, "LlavaImageProcessorPil")
 
 
 class LlavaProcessorKwargs(ProcessingKwargs, total=False):

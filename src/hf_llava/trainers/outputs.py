@@ -2,7 +2,7 @@
 
 `hf-llava train` calls these around the `Trainer` (which keeps its own semantics: it writes into any folder).
 A folder holding files is refused unless the run resumes from a checkpoint or `overwrite` says to train into
-it anyway (files of the same name are replaced, the others kept), with `hf_llava._atomic.check_output_folder`'s
+it anyway (files of the same name are replaced, the others kept), with `hf_llava._io.check_output_folder`'s
 rule. A run that fails before writing a checkpoint or a model removes what it created.
 """
 
