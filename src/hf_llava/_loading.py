@@ -19,10 +19,12 @@ def is_adapter(path: PathLike) -> bool:
     return (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def check_merge_adapter(path: PathLike, merge_adapter: bool) -> None:
-    """Refuse `merge_adapter=True` for a folder that is not a LoRA adapter: the flag would do nothing, silently."""
+def check_merge_adapter(path: PathLike, merge_adapter: bool, name: Optional[str] = None) -> None:
+    """Refuse `merge_adapter=True` for a folder that is not a LoRA adapter: the flag would do nothing, silently.
+    `name`: the argument that gave `path` (the message says `name=path`, which the CLI spells as its flag)."""
     if merge_adapter and Path(path).is_dir() and not is_adapter(path):
-        raise ValueError(f"{path} is not a LoRA adapter folder (it has no {ADAPTER_CONFIG}), so there is nothing to "
+        named = f"{name}={path}" if name else str(path)
+        raise ValueError(f"{named} is not a LoRA adapter folder (it has no {ADAPTER_CONFIG}), so there is nothing to "
                          "merge: drop merge_adapter=True, or pass the adapter's folder.")
 
 

@@ -17,6 +17,8 @@ would otherwise fail every request after all its retries, one log line each, for
 `OpenAITeacher` raises `TeacherUnavailable` after `STOP_AFTER` such failures in a row instead.
 """
 
+import argparse
+import inspect
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -321,5 +323,24 @@ class LocalTeacher(BaseTeacher):
             start += len(batch)
 
 
+def add_teacher_arguments(group, *, required: bool = False, role: str = "teacher") -> None:
+    """The OpenAI-compatible server's flags (`--base-url --concurrency --timeout --max-retries`) on `group`
+    (a parser or an argument group), with `OpenAITeacher`'s own defaults; `teacher_settings` reads them back."""
+    defaults = {name: p.default for name, p in inspect.signature(OpenAITeacher).parameters.items()}
+    group.add_argument("--base-url", metavar="URL", required=required,
+                       help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, SGLang) or "
+                       "https://api.openai.com/v1; the key is read from OPENAI_API_KEY")
+    group.add_argument("--concurrency", type=int, default=defaults["concurrency"], help=f"{role} requests in flight")
+    group.add_argument("--timeout", type=float, default=defaults["timeout"],
+                       help=f"seconds per {role} request attempt")
+    group.add_argument("--max-retries", type=int, default=defaults["max_retries"],
+                       help="client retries on 429 / 5xx / timeouts, with exponential backoff")
+
+
+def teacher_settings(args: argparse.Namespace) -> dict:
+    """The `OpenAITeacher` keyword arguments that `add_teacher_arguments`' flags set."""
+    return {"concurrency": args.concurrency, "timeout": args.timeout, "max_retries": args.max_retries}
+
+
 __all__ = ["BaseTeacher", "LocalTeacher", "Messages", "OpenAITeacher", "PLACEHOLDER_API_KEY", "STOP_AFTER", "Teacher",
-           "TeacherReply", "TeacherUnavailable"]
+           "TeacherReply", "TeacherUnavailable", "add_teacher_arguments", "teacher_settings"]

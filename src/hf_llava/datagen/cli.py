@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .._cli_args import add_teacher_arguments, teacher_settings
+from ..teachers import add_teacher_arguments, teacher_settings
 
 _DEFAULT_TYPES = "conversation,detail,complex"
 

@@ -36,7 +36,7 @@ def check_model(path: PathLike, merge_adapter: bool = False, device: Optional[st
     if not (is_onnx_folder(path) or is_adapter(path) or (path / "config.json").is_file()):
         raise ValueError(f"model={path} has no config.json and no {EXPORT_INFO}: pass a folder written by "
                          "save_pretrained or by `hf-llava export-onnx`.")
-    check_merge_adapter(path, merge_adapter)  # else the flag would be ignored without a word
+    check_merge_adapter(path, merge_adapter, "model")  # else the flag would be ignored without a word
     if device is not None and device.split(":")[0] not in PROVIDERS:
         raise ValueError(f"device={device!r}: expected one of {', '.join(PROVIDERS)}.")
     if not is_onnx_folder(path):  # ONNX Runtime reports the provider it runs on itself

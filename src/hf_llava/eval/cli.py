@@ -4,7 +4,8 @@ import argparse
 import os
 import sys
 
-from .._cli_args import add_parser, add_teacher_arguments, teacher_settings
+from .._cli_args import add_parser
+from ..teachers import add_teacher_arguments, teacher_settings
 
 
 def _common(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:

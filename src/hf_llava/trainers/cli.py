@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     lora = not stage1 and args.lora
     built = _check_model_source(args)
     if not built:
-        check_merge_adapter(args.model, args.merge_adapter)
+        check_merge_adapter(args.model, args.merge_adapter, "model")
     resume = check_training_output(args.output, overwrite=args.overwrite, resume=args.resume)
     if lora and is_adapter(args.model):
         raise ValueError(f"model={args.model!r} is a LoRA adapter: a new adapter needs its base model as a folder; "
