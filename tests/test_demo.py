@@ -126,3 +126,21 @@ def test_the_default_output_is_a_fresh_folder(tmp_path):
 def test_cli_without_a_command_prints_help(capsys):
     assert cli.main([]) == 2
     assert "export-onnx" in capsys.readouterr().out
+
+
+def test_the_table_prints_each_accuracy_with_its_interval_beside_the_blind_baselines():
+    from hf_llava.demo import baseline_lines, results_table
+    from hf_llava.eval.report import percent_with_interval
+
+    questions = [{"type": t, "answer": a} for t, a in [("colour", "red"), ("colour", "blue"), ("count", "2"),
+                                                         ("count", "2"), ("shape", "circle"), ("position", "top left"),
+                                                         ("yes/no", "no")]]
+    baselines = baseline_lines(questions, {"colour": "red", "count": "3", "shape": "circle", "position": "top left",
+                                           "yes/no": "yes"})
+    assert baselines["majority"]["accuracy"] == pytest.approx(100 * 3 / 7, abs=0.01)  # training answers, not test's
+    assert baselines["majority"]["per_type"]["count"]["accuracy"] == 0
+    score = {**percent_with_interval(80.0, 10), "per_type": {t: percent_with_interval(50.0, 2) for t in QUESTION_TYPES}}
+    table = results_table({k: score for k in ABLATIONS}, baselines)
+    overall = table.splitlines()[-1]
+    assert overall.split()[0] == "overall" and overall.count("80.0 [49.0, 94.3]") == 3, table
+    assert "majority answer" in table.splitlines()[0] and "chance" in table.splitlines()[0]

@@ -79,7 +79,7 @@ def resolve_device(device: Optional[str]) -> str:
 
 def make_world(root: Path, size: DemoSize) -> dict:
     """Training and test scenes on disk, the held-out VQA questions, and one new scene for the ONNX answer."""
-    from .world.questions import make_questions
+    from .world.questions import majority_answers, make_questions
     from .world.scenes import make_scenes, write_scenes
 
     train = make_scenes(size.train_scenes, SEED, "train")
@@ -89,6 +89,8 @@ def make_world(root: Path, size: DemoSize) -> dict:
     questions = make_questions(test, SEED, {s.id: f"images/{s.id}.png" for s in test})
     paths["questions"] = root / "test" / "questions.jsonl"
     paths["questions"].write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+    # the blind baseline's answers: each type's most common answer on the training scenes, never the test's
+    paths["majority"] = majority_answers(make_questions(train, SEED, {s.id: "" for s in train}))
     paths["example_scene"] = make_scenes(1, SEED, "example")[0]
     write_scenes([paths["example_scene"]], root / "example", SEED)
     paths["example"] = root / "example" / "images" / f"{paths['example_scene'].id}.png"
@@ -151,14 +153,17 @@ def train_stage(stage: int, model, processor, data: Path, images: Path, output: 
 
 
 def evaluate(model_dir: Path, questions: list[dict], images: Path, device: str, name: str) -> dict:
-    """VQA accuracy (percent) overall and per question type, with the evaluator `hf-llava eval vqa` uses."""
+    """VQA accuracy (percent) overall and per question type, each with its question count and 95% Wilson
+    interval (`{"accuracy", "n", "interval", "per_type": {type: {"accuracy", "n", "interval"}}}`), with the
+    evaluator `hf-llava eval vqa` uses."""
     from .eval import evaluate_vqa, load_model
+    from .eval.report import percent_with_interval
 
     model, processor = load_model(model_dir, device)
     print(f"VQA on held-out scenes: {name}")
     scores = evaluate_vqa(model, processor, questions, images, batch_size=32, max_new_tokens=8)
-    return {"accuracy": round(scores["accuracy"], 2),
-            "per_type": {t: round(c["accuracy"], 2) for t, c in scores["categories"].items()}}
+    return {**percent_with_interval(scores["accuracy"], scores["n"]),
+            "per_type": {t: percent_with_interval(c["accuracy"], c["n"]) for t, c in scores["categories"].items()}}
 
 
 def onnx_example(model_dir: Path, onnx_dir: Path, scene, image_path: Path, device: str) -> dict:
@@ -226,28 +231,37 @@ def draw_loss_chart(curves: dict, path: Path, width: int = 720, height: int = 30
     image.save(path)
 
 
-def results_table(ablation: dict, chance: dict) -> str:
-    """Accuracy (percent) per question type for each ablation, with the blind guesser's line."""
-    from .eval.report import format_table
+def results_table(ablation: dict, baselines: dict) -> str:
+    """Accuracy (percent, with its 95% Wilson interval) per question type for each ablation, beside the blind
+    majority-answer guesser and the uniform chance line."""
+    from .eval.report import format_interval, format_table
     from .world.questions import QUESTION_TYPES
 
-    header = ["question type", *ABLATIONS.values(), "chance"]
-    rows = [[t, *(ablation[k]["per_type"].get(t) for k in ABLATIONS), chance["per_type"].get(t)]
+    header = ["question type", *ABLATIONS.values(), "majority answer", "chance"]
+    rows = [[t, *(format_interval(ablation[k]["per_type"].get(t)) for k in ABLATIONS),
+             format_interval(baselines["majority"]["per_type"].get(t)), baselines["chance"]["per_type"].get(t)]
             for t in QUESTION_TYPES]
-    rows.append(["overall", *(ablation[k]["accuracy"] for k in ABLATIONS), chance["accuracy"]])
+    rows.append(["overall", *(format_interval(ablation[k]) for k in ABLATIONS),
+                 format_interval(baselines["majority"]), baselines["chance"]["accuracy"]])
     return format_table(header, rows)
 
 
-def chance_line(questions: list[dict]) -> dict:
-    """Uniform guessing among each type's answers (the table's chance line), and the blind majority guess."""
+def baseline_lines(questions: list[dict], majority: dict) -> dict:
+    """The blind guessers: uniform among each type's answers (`chance`, an expectation) and always the most
+    common training answer of the type (`majority`, measured on `questions`, with its 95% interval)."""
+    from .eval.report import percent_with_interval
     from .world.questions import QUESTION_TYPES, chance_accuracy, majority_accuracy
 
-    line = {}
-    for name, score in (("accuracy", chance_accuracy), ("blind_majority", majority_accuracy)):
-        line[name] = round(100 * score(questions), 2)
-    line["per_type"] = {t: round(100 * chance_accuracy([q for q in questions if q["type"] == t]), 2)
-                        for t in QUESTION_TYPES}
-    return line
+    def by_type(t: str) -> list[dict]:
+        return [q for q in questions if q["type"] == t]
+
+    chance = {"accuracy": round(100 * chance_accuracy(questions), 2),
+              "per_type": {t: round(100 * chance_accuracy(by_type(t)), 2) for t in QUESTION_TYPES}}
+    majority = {**percent_with_interval(100 * majority_accuracy(questions, majority), len(questions)),
+                "answers": majority,
+                "per_type": {t: percent_with_interval(100 * majority_accuracy(by_type(t), majority), len(by_type(t)))
+                             for t in QUESTION_TYPES}}
+    return {"chance": chance, "majority": majority}
 
 
 def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, overwrite: bool = False) -> dict:
@@ -317,11 +331,12 @@ def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, 
         example["image"] = str(output / Path(example["image"]).relative_to(tmp))
         lap("onnx")
         draw_loss_chart(losses, tmp / "loss.png")
-        chance = chance_line(questions)
+        baselines = baseline_lines(questions, world["majority"])
         seconds["total"] = round(time.perf_counter() - start, 1)
         report = {
-            "ablation": ablation, "chance": chance["accuracy"], "chance_per_type": chance["per_type"],
-            "blind_majority": chance["blind_majority"], "onnx": example, "seconds": seconds,
+            "ablation": ablation, "chance": baselines["chance"]["accuracy"],
+            "chance_per_type": baselines["chance"]["per_type"], "majority_answer": baselines["majority"],
+            "interval": "95% Wilson score interval, in percent", "onnx": example, "seconds": seconds,
             "questions": len(questions), "device": device, "quick": quick, "sizes": asdict(size),
             "data": {"stage1_captions": len(json.loads(captions.read_text())), "instructions": datagen.samples,
                      "by_type": {k: c.generated for k, c in datagen.counts.items()}},
@@ -333,9 +348,10 @@ def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, 
 
 
 def print_summary(report: dict, output: Path) -> None:
-    chance = {"accuracy": report["chance"], "per_type": report["chance_per_type"]}
-    print("\nVQA accuracy (%) on held-out scenes, by question type:")
-    print(results_table(report["ablation"], chance))
+    baselines = {"chance": {"accuracy": report["chance"], "per_type": report["chance_per_type"]},
+                 "majority": report["majority_answer"]}
+    print("\nVQA accuracy (%) on held-out scenes, by question type, [95% Wilson interval]:")
+    print(results_table(report["ablation"], baselines))
     example = report["onnx"]
     print(f"\nA new scene, answered by ONNX Runtime: {example['image']}")
     print(f"  Q: {example['question']}")

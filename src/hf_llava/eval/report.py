@@ -4,6 +4,7 @@ The report JSON itself is written by `files.write_report` (atomically); here liv
 printed form. Accuracies are percentages, as the paper reports them.
 """
 
+import math
 from typing import Iterable, Optional
 
 
@@ -18,6 +19,37 @@ def accuracy_table(scores: Iterable[tuple[Optional[str], float]]) -> dict:
             group[1] += 1
     return {"accuracy": 100.0 * total / count if count else None, "n": count,
             "categories": {name: {"accuracy": 100.0 * s / n, "n": n} for name, (s, n) in sorted(groups.items())}}
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `successes / n` (both ends in 0-1; 95% for z=1.96).
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0/n and n/n; `(0.0, 1.0)` for n=0.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def percent_with_interval(accuracy: Optional[float], n: int, z: float = 1.96) -> dict:
+    """`{"accuracy", "n", "interval": [low, high]}` in percent, from an accuracy in percent over `n` questions."""
+    if accuracy is None or n <= 0:
+        return {"accuracy": None, "n": n, "interval": None}
+    low, high = wilson_interval(accuracy / 100 * n, n, z)
+    return {"accuracy": round(accuracy, 2), "n": n, "interval": [round(100 * low, 2), round(100 * high, 2)]}
+
+
+def format_interval(score: Optional[dict]) -> Optional[str]:
+    """`"90.2 [87.3, 92.5]"` from a `percent_with_interval` dict (None stays None, printed as `-`)."""
+    if score is None or score.get("accuracy") is None:
+        return None
+    if score.get("interval") is None:
+        return f"{score['accuracy']:.1f}"
+    low, high = score["interval"]
+    return f"{score['accuracy']:.1f} [{low:.1f}, {high:.1f}]"
 
 
 def format_table(header: list[str], rows: list[list]) -> str:
@@ -43,4 +75,5 @@ def accuracy_rows(table: dict, extra: Optional[dict] = None) -> str:
     return format_table(["questions", "accuracy %", "n"], rows)
 
 
-__all__ = ["accuracy_rows", "accuracy_table", "format_table"]
+__all__ = ["accuracy_rows", "accuracy_table", "format_interval", "format_table", "percent_with_interval",
+           "wilson_interval"]

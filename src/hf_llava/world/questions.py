@@ -116,12 +116,20 @@ def chance_accuracy(questions: Sequence[dict]) -> float:
     return sum(1 / len(ANSWERS[q["type"]]) for q in questions) / max(1, len(questions))
 
 
-def majority_accuracy(questions: Sequence[dict]) -> float:
-    """What a blind guesser that knows each type's most common answer (in `questions`) scores."""
+def majority_answers(questions: Sequence[dict]) -> dict[str, str]:
+    """Each question type's most common answer in `questions` (ties: the answer met first)."""
     by_type: dict[str, Counter] = {}
     for q in questions:
         by_type.setdefault(q["type"], Counter())[q["answer"]] += 1
-    return sum(c.most_common(1)[0][1] for c in by_type.values()) / max(1, len(questions))
+    return {kind: counts.most_common(1)[0][0] for kind, counts in by_type.items()}
 
 
-__all__ = ["ANSWERS", "QA", "QUESTION_TYPES", "ask", "chance_accuracy", "majority_accuracy", "make_questions"]
+def majority_accuracy(questions: Sequence[dict], answers: Optional[dict] = None) -> float:
+    """What a blind guesser scores that always gives each type's answer in `answers` (`majority_answers` of
+    the training questions, for an honest baseline; default: of `questions` themselves, an upper bound)."""
+    answers = majority_answers(questions) if answers is None else answers
+    return sum(q["answer"] == answers.get(q["type"]) for q in questions) / max(1, len(questions))
+
+
+__all__ = ["ANSWERS", "QA", "QUESTION_TYPES", "ask", "chance_accuracy", "majority_accuracy", "majority_answers",
+           "make_questions"]
