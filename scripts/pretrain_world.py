@@ -46,19 +46,22 @@ from hf_llava.processing.chat_templates import VICUNA_SYSTEM
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, pretrained_root
 from hf_llava.world.questions import QUESTION_TYPES, ask
 from hf_llava.world.scenes import COLOURS, QUADRANTS, SHAPES, Scene, captions, draw, make_scenes, quadrant_of
+from hf_llava.world.splits import PRETRAIN_SCENES, PRETRAIN_SEED, PRETRAIN_SPLIT
 from hf_llava.world.teacher import write_detail
 from world_probes import (IMAGE, chat_text, collate_shorthand, context_qa_with_control, encode_shorthand, qa_text,
                           shorthand_embeds, shorthand_id, shorthand_qa)
 
-SPLIT = "pretrain"  # scene ids of their own: never the demo's training or test scenes
+SPLIT = PRETRAIN_SPLIT  # scene ids of their own; the demo holds its test scenes out of these by content
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--output", default=str(pretrained_root()), help="folder for vision_tower/ and language_model/")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the scenes, the initialisation and the batches")
-    parser.add_argument("--scenes", type=int, default=12000, help="world pictures and caption sets to train on")
+    parser.add_argument("--seed", type=int, default=PRETRAIN_SEED,
+                        help="seeds the scenes, the initialisation and the batches")
+    parser.add_argument("--scenes", type=int, default=PRETRAIN_SCENES,
+                        help="world pictures and caption sets to train on")
     parser.add_argument("--image-size", type=int, default=32, help="the vision tower's input size (pixels)")
     parser.add_argument("--patch-size", type=int, default=16,
                         help="ViT patch size: (image/patch)^2 visual tokens (32/16: one per quadrant)")

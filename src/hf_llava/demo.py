@@ -35,6 +35,7 @@ class DemoSize:
     """How much of everything a run does (`FULL`, or `QUICK` for CI)."""
 
     train_scenes: int
+    val_scenes: int
     test_scenes: int
     stage1_steps: int
     stage2_steps: int
@@ -47,9 +48,9 @@ class DemoSize:
 # of the LM's shorthand pictures, and stage 1 + 2 ended below stage 2 alone). Stage 2's, 2e-5, is for a 7B LM
 # and batches of 128: a 3-layer LM and batches of 16 need larger steps. Stage 1, projector only, is cheap
 # enough to run longer.
-FULL = DemoSize(train_scenes=3000, test_scenes=100, stage1_steps=1200, stage2_steps=600, batch_size=16,
+FULL = DemoSize(train_scenes=3000, val_scenes=100, test_scenes=100, stage1_steps=1200, stage2_steps=600, batch_size=16,
                 stage1_lr=1e-3, stage2_lr=1e-3)
-QUICK = DemoSize(train_scenes=1000, test_scenes=40, stage1_steps=400, stage2_steps=200, batch_size=16,
+QUICK = DemoSize(train_scenes=1000, val_scenes=40, test_scenes=40, stage1_steps=400, stage2_steps=200, batch_size=16,
                  stage1_lr=1e-3, stage2_lr=1e-3)
 
 
@@ -78,23 +79,51 @@ def resolve_device(device: Optional[str]) -> str:
 # ----- the steps -----
 
 def make_world(root: Path, size: DemoSize) -> dict:
-    """Training and test scenes on disk, the held-out VQA questions, and one new scene for the ONNX answer."""
+    """Training, validation and test scenes on disk with their VQA questions, and one new scene for the ONNX
+    answer. Validation, test and the new scene are held out by content (`hf_llava.world.splits`): none shows
+    what a pretraining, training or prompt-example scene shows, nor what another split's scene shows. The split
+    sizes do not change which scenes are held out: a run's test split is a prefix of the full run's."""
     from .world.questions import majority_answers, make_questions
     from .world.scenes import make_scenes, write_scenes
+    from .world.splits import content, heldout_scenes, pretraining_scenes, prompt_example_contents
 
     train = make_scenes(size.train_scenes, SEED, "train")
-    test = make_scenes(size.test_scenes, SEED, "test")
-    paths = {"train": write_scenes(train, root / "train", SEED, progress=True),
-             "test": write_scenes(test, root / "test", SEED, progress=True)}
-    questions = make_questions(test, SEED, {s.id: f"images/{s.id}.png" for s in test})
-    paths["questions"] = root / "test" / "questions.jsonl"
-    paths["questions"].write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+    seen = {content(s) for s in pretraining_scenes() + make_scenes(max(FULL.train_scenes, QUICK.train_scenes),
+                                                                   SEED, "train")}
+    seen |= prompt_example_contents(DATAGEN_TYPES)
+    test_pool = heldout_scenes(max(FULL.test_scenes, QUICK.test_scenes), SEED, "test", seen)
+    val = heldout_scenes(size.val_scenes, SEED, "val", seen | {content(s) for s in test_pool})
+    test = test_pool[:size.test_scenes]
+    example = heldout_scenes(1, SEED, "example", seen | {content(s) for s in test_pool + val})[0]
+    paths = {"train": write_scenes(train, root / "train", SEED, progress=True)}
+    for name, scenes in (("val", val), ("test", test)):
+        write_scenes(scenes, root / name, SEED, progress=True)
+        questions = make_questions(scenes, SEED, {s.id: f"images/{s.id}.png" for s in scenes})
+        paths[f"{name}_questions"] = root / name / "questions.jsonl"
+        paths[f"{name}_questions"].write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
+    paths["questions"] = paths["test_questions"]
+    paths["splits"] = {name: {"scenes": len(scenes), "by_shapes": _by_shapes(scenes)}
+                       for name, scenes in (("train", train), ("val", val), ("test", test))}
     # the blind baseline's answers: each type's most common answer on the training scenes, never the test's
     paths["majority"] = majority_answers(make_questions(train, SEED, {s.id: "" for s in train}))
-    paths["example_scene"] = make_scenes(1, SEED, "example")[0]
-    write_scenes([paths["example_scene"]], root / "example", SEED)
-    paths["example"] = root / "example" / "images" / f"{paths['example_scene'].id}.png"
+    paths["example_scene"] = example
+    write_scenes([example], root / "example", SEED)
+    paths["example"] = root / "example" / "images" / f"{example.id}.png"
     return paths
+
+
+def _by_shapes(scenes) -> dict:
+    """`{"2": 22, "3": 39, ...}`: how many scenes show each number of shapes."""
+    counts = {}
+    for scene in scenes:
+        counts[str(len(scene.shapes))] = counts.get(str(len(scene.shapes)), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+SPLITS_NOTE = ("Validation and test scenes are held out by content: none shows the set of (quadrant, size, colour, "
+               "kind) of a pretraining, training or prompt-example scene. The pretraining scenes show every one-shape "
+               "content, so both hold 2-4 shape scenes. The validation split exists for tuning; this run tunes "
+               "nothing, and the test split is used only for this report.")
 
 
 def caption_data(scenes_jsonl: Path, output: Path) -> Path:
@@ -337,7 +366,8 @@ def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, 
             "ablation": ablation, "chance": baselines["chance"]["accuracy"],
             "chance_per_type": baselines["chance"]["per_type"], "majority_answer": baselines["majority"],
             "interval": "95% Wilson score interval, in percent", "onnx": example, "seconds": seconds,
-            "questions": len(questions), "device": device, "quick": quick, "sizes": asdict(size),
+            "questions": len(questions), "splits": {**world["splits"], "note": SPLITS_NOTE},
+            "device": device, "quick": quick, "sizes": asdict(size),
             "data": {"stage1_captions": len(json.loads(captions.read_text())), "instructions": datagen.samples,
                      "by_type": {k: c.generated for k, c in datagen.counts.items()}},
             "loss": losses,
@@ -350,8 +380,11 @@ def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, 
 def print_summary(report: dict, output: Path) -> None:
     baselines = {"chance": {"accuracy": report["chance"], "per_type": report["chance_per_type"]},
                  "majority": report["majority_answer"]}
-    print("\nVQA accuracy (%) on held-out scenes, by question type, [95% Wilson interval]:")
+    tested = report["splits"]["test"]
+    print(f"\nVQA accuracy (%) on {tested['scenes']} test scenes held out by content (shapes per scene: "
+          f"{', '.join(f'{k}: {v}' for k, v in tested['by_shapes'].items())}), [95% Wilson interval]:")
     print(results_table(report["ablation"], baselines))
+    print(report["splits"]["note"])
     example = report["onnx"]
     print(f"\nA new scene, answered by ONNX Runtime: {example['image']}")
     print(f"  Q: {example['question']}")
