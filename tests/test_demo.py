@@ -43,7 +43,10 @@ def test_the_report_shows_a_model_that_learned_to_see(quick_run):
     _, report = quick_run
     assert set(report["ablation"]) == set(ABLATIONS)
     for scores in report["ablation"].values():
-        assert set(scores["per_type"]) == set(QUESTION_TYPES)
+        assert set(scores["per_type"]) <= set(QUESTION_TYPES)  # held-out scenes show 2-4 shapes: no count "1"
+        low, high = scores["interval"]
+        assert low <= scores["accuracy"] <= high and scores["unseen_phrasing"]["n"] == scores["n"]
+    assert report["splits"]["test"]["scenes"] == 40 and "1" not in report["splits"]["test"]["by_shapes"]
     chance = report["chance"]
     assert chance < 35
     full = report["ablation"]["stage1_stage2"]["accuracy"]
@@ -139,8 +142,10 @@ def test_the_table_prints_each_accuracy_with_its_interval_beside_the_blind_basel
                                            "yes/no": "yes"})
     assert baselines["majority"]["accuracy"] == pytest.approx(100 * 3 / 7, abs=0.01)  # training answers, not test's
     assert baselines["majority"]["per_type"]["count"]["accuracy"] == 0
-    score = {**percent_with_interval(80.0, 10), "per_type": {t: percent_with_interval(50.0, 2) for t in QUESTION_TYPES}}
+    score = {**percent_with_interval(80.0, 10), "per_type": {t: percent_with_interval(50.0, 2) for t in QUESTION_TYPES},
+             "unseen_phrasing": percent_with_interval(60.0, 10)}
     table = results_table({k: score for k in ABLATIONS}, baselines)
-    overall = table.splitlines()[-1]
+    overall, unseen = table.splitlines()[-2:]
     assert overall.split()[0] == "overall" and overall.count("80.0 [49.0, 94.3]") == 3, table
+    assert unseen.startswith("unseen phrasing") and unseen.count("60.0 [31.3, 83.2]") == 3, table
     assert "majority answer" in table.splitlines()[0] and "chance" in table.splitlines()[0]

@@ -102,6 +102,10 @@ def make_world(root: Path, size: DemoSize) -> dict:
         paths[f"{name}_questions"] = root / name / "questions.jsonl"
         paths[f"{name}_questions"].write_text("".join(json.dumps(q) + "\n" for q in questions), encoding="utf-8")
     paths["questions"] = paths["test_questions"]
+    # the test questions again, each in its type's wording that no training data uses (`UNSEEN_PHRASINGS`)
+    unseen = make_questions(test, SEED, {s.id: f"images/{s.id}.png" for s in test}, phrasing="unseen")
+    paths["unseen_questions"] = root / "test" / "questions_unseen_phrasing.jsonl"
+    paths["unseen_questions"].write_text("".join(json.dumps(q) + "\n" for q in unseen), encoding="utf-8")
     paths["splits"] = {name: {"scenes": len(scenes), "by_shapes": _by_shapes(scenes)}
                        for name, scenes in (("train", train), ("val", val), ("test", test))}
     # the blind baseline's answers: each type's most common answer on the training scenes, never the test's
@@ -181,18 +185,23 @@ def train_stage(stage: int, model, processor, data: Path, images: Path, output: 
     return [{"step": e["step"], "loss": round(e["loss"], 4)} for e in trainer.state.log_history if "loss" in e]
 
 
-def evaluate(model_dir: Path, questions: list[dict], images: Path, device: str, name: str) -> dict:
+def evaluate(model_dir: Path, questions: list[dict], unseen: list[dict], images: Path, device: str, name: str) -> dict:
     """VQA accuracy (percent) overall and per question type, each with its question count and 95% Wilson
-    interval (`{"accuracy", "n", "interval", "per_type": {type: {"accuracy", "n", "interval"}}}`), with the
-    evaluator `hf-llava eval vqa` uses."""
+    interval (`{"accuracy", "n", "interval", "per_type": {type: {...}}, "unseen_phrasing": {...}}`), with the
+    evaluator `hf-llava eval vqa` uses; `unseen_phrasing` scores the `unseen` questions (the same ones in
+    wordings the training data never uses) overall."""
     from .eval import evaluate_vqa, load_model
     from .eval.report import percent_with_interval
 
     model, processor = load_model(model_dir, device)
     print(f"VQA on held-out scenes: {name}")
     scores = evaluate_vqa(model, processor, questions, images, batch_size=32, max_new_tokens=8)
+    unseen_scores = evaluate_vqa(model, processor, unseen, images, batch_size=32, max_new_tokens=8)
     return {**percent_with_interval(scores["accuracy"], scores["n"]),
-            "per_type": {t: percent_with_interval(c["accuracy"], c["n"]) for t, c in scores["categories"].items()}}
+            "per_type": {t: percent_with_interval(c["accuracy"], c["n"]) for t, c in scores["categories"].items()},
+            "unseen_phrasing": {**percent_with_interval(unseen_scores["accuracy"], unseen_scores["n"]),
+                                "per_type": {t: percent_with_interval(c["accuracy"], c["n"])
+                                             for t, c in unseen_scores["categories"].items()}}}
 
 
 def onnx_example(model_dir: Path, onnx_dir: Path, scene, image_path: Path, device: str) -> dict:
@@ -261,8 +270,8 @@ def draw_loss_chart(curves: dict, path: Path, width: int = 720, height: int = 30
 
 
 def results_table(ablation: dict, baselines: dict) -> str:
-    """Accuracy (percent, with its 95% Wilson interval) per question type for each ablation, beside the blind
-    majority-answer guesser and the uniform chance line."""
+    """Accuracy (percent, with its 95% Wilson interval) per question type for each ablation, overall, and overall
+    on the same questions in unseen wordings, beside the blind majority-answer guesser and the chance line."""
     from .eval.report import format_interval, format_table
     from .world.questions import QUESTION_TYPES
 
@@ -272,6 +281,8 @@ def results_table(ablation: dict, baselines: dict) -> str:
             for t in QUESTION_TYPES]
     rows.append(["overall", *(format_interval(ablation[k]) for k in ABLATIONS),
                  format_interval(baselines["majority"]), baselines["chance"]["accuracy"]])
+    rows.append(["unseen phrasing", *(format_interval(ablation[k].get("unseen_phrasing")) for k in ABLATIONS),
+                 format_interval(baselines["majority"]), baselines["chance"]["accuracy"]])  # the same answers
     return format_table(header, rows)
 
 
@@ -352,9 +363,11 @@ def run_demo(output=None, *, quick: bool = False, device: Optional[str] = None, 
             "ablation: stage 2 without stage 1")
         lap("stage2_only")
         questions = [json.loads(line) for line in world["questions"].read_text(encoding="utf-8").splitlines()]
+        unseen = [json.loads(line) for line in world["unseen_questions"].read_text(encoding="utf-8").splitlines()]
         models = {"stage1_only": tmp / "stage1", "stage2_only": tmp / "ablation" / "stage2_only",
                   "stage1_stage2": tmp / "stage2"}
-        ablation = {k: evaluate(path, questions, test_images, device, ABLATIONS[k]) for k, path in models.items()}
+        ablation = {k: evaluate(path, questions, unseen, test_images, device, ABLATIONS[k])
+                    for k, path in models.items()}
         lap("eval")
         example = onnx_example(tmp / "stage2", tmp / "onnx", world["example_scene"], world["example"], device)
         example["image"] = str(output / Path(example["image"]).relative_to(tmp))

@@ -18,6 +18,16 @@ from ..eval.vqa import vqa_prompt
 from .scenes import COLOURS, MAX_SHAPES, QUADRANTS, SHAPES, Scene, Shape, count_phrase, with_article
 
 QUESTION_TYPES = ("colour", "shape", "count", "position", "yes/no")
+PHRASINGS = ("seen", "unseen")
+# One wording per type that the teacher's data, the pretraining text and the prompts never use: asked only at
+# evaluation (`phrasing="unseen"`), to see whether a model answers the question or recognises the template.
+UNSEEN_PHRASINGS = {
+    "colour": "Can you tell me the colour of {ref}?",
+    "shape": "What kind of shape is {ref}?",
+    "count": "What is the number of shapes in the image?",
+    "position": "In which corner of the picture is {ref}?",
+    "yes/no": "Does the picture contain {thing}?",
+}
 ANSWERS = {  # every answer a question of each type can have
     "colour": tuple(COLOURS), "shape": SHAPES, "count": tuple(str(n) for n in range(1, MAX_SHAPES + 1)),
     "position": QUADRANTS, "yes/no": ("yes", "no"),
@@ -48,21 +58,31 @@ def _referents(shapes: Sequence[Shape], shape: Shape, by: tuple) -> list[str]:
     return names
 
 
-def ask(shapes: Sequence[Shape], kind: str, rng: random.Random) -> Optional[QA]:
-    """One `kind` question about `shapes` (None when they support none, e.g. `colour` with no shape)."""
+def _worded(rng: random.Random, seen: list[str], kind: str, phrasing: str, **names: str) -> str:
+    """One of the `seen` wordings, or the type's unseen one (the draw happens either way, so that both
+    phrasings of a scene's questions ask about the same shape)."""
+    wording = rng.choice(seen)
+    return wording if phrasing == "seen" else UNSEEN_PHRASINGS[kind].format(**names)
+
+
+def ask(shapes: Sequence[Shape], kind: str, rng: random.Random, phrasing: str = "seen") -> Optional[QA]:
+    """One `kind` question about `shapes` (None when they support none, e.g. `colour` with no shape), worded
+    as the training data words it (`phrasing="seen"`) or in the type's held-out wording (`"unseen"`)."""
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing={phrasing!r}: expected one of {', '.join(PHRASINGS)}.")
     if not shapes:
         return None
     shape = rng.choice(list(shapes))
     if kind == "colour":
         ref = rng.choice(_referents(shapes, shape, ("kind", "quadrant")))
-        question = rng.choice([f"What colour is {ref}?", f"What is the colour of {ref}?"])
+        question = _worded(rng, [f"What colour is {ref}?", f"What is the colour of {ref}?"], kind, phrasing, ref=ref)
         return QA(kind, question, shape.colour, f"{ref.capitalize()} is {shape.colour}.")
     if kind == "shape":
         ref = rng.choice(_referents(shapes, shape, ("colour", "quadrant")))
-        question = rng.choice([f"What shape is {ref}?", f"Which shape is {ref}?"])
+        question = _worded(rng, [f"What shape is {ref}?", f"Which shape is {ref}?"], kind, phrasing, ref=ref)
         return QA(kind, question, shape.kind, f"{ref.capitalize()} is {with_article(shape.kind)}.")
     if kind == "count":
-        question = rng.choice(["How many shapes are there?", "How many shapes are in the picture?"])
+        question = _worded(rng, ["How many shapes are there?", "How many shapes are in the picture?"], kind, phrasing)
         n = len(shapes)
         return QA(kind, question, str(n), f"There {'is' if n == 1 else 'are'} {count_phrase(n)}.")
     if kind == "position":
@@ -71,14 +91,15 @@ def ask(shapes: Sequence[Shape], kind: str, rng: random.Random) -> Optional[QA]:
             return None
         shape, names = rng.choice(named)
         ref = rng.choice(names)
-        question = rng.choice([f"Where is {ref}?", f"In which part of the picture is {ref}?"])
+        question = _worded(rng, [f"Where is {ref}?", f"In which part of the picture is {ref}?"], kind, phrasing,
+                           ref=ref)
         return QA(kind, question, shape.quadrant, f"{ref.capitalize()} is in the {shape.quadrant}.")
     if kind == "yes/no":
-        return _yes_no(shapes, shape, rng)
+        return _yes_no(shapes, shape, rng, phrasing)
     raise ValueError(f"kind={kind!r}: expected one of {', '.join(QUESTION_TYPES)}.")
 
 
-def _yes_no(shapes: Sequence[Shape], shape: Shape, rng: random.Random) -> QA:
+def _yes_no(shapes: Sequence[Shape], shape: Shape, rng: random.Random, phrasing: str) -> QA:
     """Half the time a shape that is there, else a near miss: its colour with another kind, or the reverse."""
     present = {s.name for s in shapes}
     if rng.random() < 0.5:
@@ -88,25 +109,28 @@ def _yes_no(shapes: Sequence[Shape], shape: Shape, rng: random.Random) -> QA:
         misses += [(shape.colour, k) for k in SHAPES if f"{shape.colour} {k}" not in present]
         colour, kind = rng.choice(misses)
     thing = with_article(f"{colour} {kind}")
-    question = rng.choice([f"Is there {thing}?", f"Is there {thing} in the picture?"])
+    question = _worded(rng, [f"Is there {thing}?", f"Is there {thing} in the picture?"], "yes/no", phrasing,
+                       thing=thing)
     if f"{colour} {kind}" in present:
         where = next(s.quadrant for s in shapes if s.name == f"{colour} {kind}")
         return QA("yes/no", question, "yes", f"Yes, there is {thing} in the {where}.")
     return QA("yes/no", question, "no", f"No, there is no {colour} {kind} in the picture.")
 
 
-def make_questions(scenes: Sequence[Scene], seed: int, images: dict) -> list[dict]:
+def make_questions(scenes: Sequence[Scene], seed: int, images: dict, phrasing: str = "seen") -> list[dict]:
     """One question of each type per scene (a type the scene cannot support is skipped), without the
-    short-answer instruction (the evaluator adds it). Returns `[{"question_id", "image", "question", "answer",
+    short-answer instruction (the evaluator adds it); `phrasing="unseen"` asks the same questions in the
+    held-out wordings. Returns `[{"question_id", "image", "question", "answer",
     "type"}]`; `images` maps scene id -> image path.
     """
     rows = []
     for scene in scenes:
         rng = random.Random(f"questions:{seed}:{scene.id}")
         for kind in QUESTION_TYPES:
-            qa = ask(scene.shapes, kind, rng)
+            qa = ask(scene.shapes, kind, rng, phrasing)
             if qa is not None:
-                rows.append({"question_id": f"{scene.id}-{len(rows)}", "image": images[scene.id],
+                suffix = "" if phrasing == "seen" else f"-{phrasing}"
+                rows.append({"question_id": f"{scene.id}-{len(rows)}{suffix}", "image": images[scene.id],
                              "question": qa.question, "answer": qa.answer, "type": kind})
     return rows
 
@@ -131,5 +155,5 @@ def majority_accuracy(questions: Sequence[dict], answers: Optional[dict] = None)
     return sum(q["answer"] == answers.get(q["type"]) for q in questions) / max(1, len(questions))
 
 
-__all__ = ["ANSWERS", "QA", "QUESTION_TYPES", "ask", "chance_accuracy", "majority_accuracy", "majority_answers",
-           "make_questions"]
+__all__ = ["ANSWERS", "PHRASINGS", "QA", "QUESTION_TYPES", "UNSEEN_PHRASINGS", "ask", "chance_accuracy",
+           "majority_accuracy", "majority_answers", "make_questions"]
