@@ -1,14 +1,16 @@
 """`hf-llava demo`: the paper end to end on the embedded world, offline, trained for real in minutes.
 
 The steps, each through the library's public API (the same code paths as the CLI commands):
-1. the world: training and held-out scenes (`hf_llava.world`), pictures with captions and boxes;
+1. the world (`hf_llava.world`): training scenes, and validation and test scenes held out by content (none shows
+   what a pretraining, training or prompt-example scene shows), pictures with captions and boxes;
 2. LLaVA from the shipped pretrained tower and LM (`from_vision_and_text`);
 3. data: `hf_llava.datagen.generate` with the offline text-only teacher (conversation, detail, complex),
    and stage-1 caption data from the captions;
 4. stage 1 (projector, `plain`) then stage 2 (projector + LM, `vicuna_v1`) with the stage trainers, and the
    ablation's stage 2 without stage 1;
-5. VQA accuracy per question type on held-out scenes (`hf_llava.eval`) for stage 1 only, stage 2 only and
-   stage 1 + stage 2, against a blind guesser;
+5. VQA accuracy per question type on the test scenes (`hf_llava.eval`) for stage 1 only, stage 2 only and
+   stage 1 + stage 2, each with its 95% Wilson interval, and on the same questions in wordings no training data
+   uses ("unseen phrasing"), against two blind guessers (uniform chance, the most common training answer);
 6. ONNX export of the final model and an ONNX Runtime answer about a new scene, checked against PyTorch.
 Writes the data, the checkpoints, `onnx/`, `loss.png` and `report.json` into the output folder.
 """

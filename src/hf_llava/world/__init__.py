@@ -1,7 +1,9 @@
 """The demo's embedded world: synthetic scenes, questions about them, an offline teacher, pretrained parts.
 
 - `scenes`: pictures of 1-4 shapes drawn with PIL, their captions and boxes (datagen's input layout);
-- `questions`: VQA questions with one right answer and a `type` (colour, shape, count, position, yes/no);
+- `questions`: VQA questions with one right answer and a `type` (colour, shape, count, position, yes/no), in
+  the training data's wordings or in held-out ones;
+- `splits`: held-out scenes, drawn so that none shows what a pretraining, training or prompt scene shows;
 - `teacher`: `WorldTeacher`, a text-only datagen teacher that writes replies from captions and boxes;
 - `pretrained/`: a small CLIP vision tower and a small Llama LM with its tokenizer, trained on this world
   (by `scripts/pretrain_world.py`) and shipped as package data: `vision_tower_path()`, `language_model_path()`.
