@@ -24,7 +24,6 @@ the repository root:
 """
 
 import argparse
-import dataclasses
 import math
 import os
 import random
@@ -45,8 +44,8 @@ from hf_llava._io import atomic_folder
 from hf_llava.processing.chat_templates import VICUNA_SYSTEM
 from hf_llava.world.parts import LANGUAGE_MODEL, VISION_TOWER, pretrained_root
 from hf_llava.world.questions import QUESTION_TYPES, ask
-from hf_llava.world.scenes import COLOURS, QUADRANTS, SHAPES, Scene, captions, draw, make_scenes, quadrant_of
-from hf_llava.world.splits import PRETRAIN_SCENES, PRETRAIN_SEED, PRETRAIN_SPLIT
+from hf_llava.world.scenes import Scene, captions, draw, make_scenes
+from hf_llava.world.splits import PRETRAIN_SCENES, PRETRAIN_SEED, PRETRAIN_SPLIT, near_misses, vision_rng
 from hf_llava.world.teacher import write_detail
 from world_probes import (IMAGE, chat_text, collate_shorthand, context_qa_with_control, encode_shorthand, qa_text,
                           shorthand_embeds, shorthand_id, shorthand_qa)
@@ -210,34 +209,12 @@ class _Clip(torch.nn.Module):
         return type("ClipOutput", (), {"loss": loss})()
 
 
-def near_miss(scene: Scene, rng: random.Random) -> Scene:
-    """The scene mirrored (left-right or top-bottom: every shape changes place), or with one shape's kind (or
-    colour) changed: a hard negative, so that the tower must see places and shapes (in a batch of random
-    scenes, colours alone mostly tell the captions apart)."""
-    if rng.random() < 0.5:
-        axis = rng.randrange(2)  # 0: x, 1: y
-        shapes = []
-        for shape in scene.shapes:
-            box = list(shape.bbox)
-            box[axis], box[axis + 2] = round(1 - box[axis + 2], 3), round(1 - box[axis], 3)
-            shapes.append(dataclasses.replace(shape, bbox=tuple(box), quadrant=quadrant_of(box)))
-        shapes.sort(key=lambda s: QUADRANTS.index(s.quadrant))
-        return dataclasses.replace(scene, id=f"{scene.id}-mirror", shapes=tuple(shapes))
-    k = rng.randrange(len(scene.shapes))
-    shape = scene.shapes[k]
-    if rng.random() < 0.75:
-        shape = dataclasses.replace(shape, kind=rng.choice([s for s in SHAPES if s != shape.kind]))
-    else:
-        shape = dataclasses.replace(shape, colour=rng.choice([c for c in COLOURS if c != shape.colour]))
-    return dataclasses.replace(scene, id=f"{scene.id}-miss", shapes=scene.shapes[:k] + (shape,) + scene.shapes[k + 1:])
-
-
 def pretrain_vision(scenes, tokenizer, args, rng: random.Random) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
     size = args.image_size
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                          image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
     half = len(scenes) // 2  # scene i of the second half is a near miss of scene i of the first
-    scenes = scenes[:half] + [near_miss(s, rng) for s in scenes[:half]]
+    scenes = scenes[:half] + near_misses(scenes[:half], rng)
     pixels = torch.cat([image_processor([draw(s) for s in scenes[i:i + 512]], return_tensors="pt")["pixel_values"]
                         for i in range(0, len(scenes), 512)])  # (N, 3, size, size)
     # The text tower reads the LM tokenizer's ids and ends every caption with one id of its own (CLIP pools there).
@@ -324,7 +301,7 @@ def main(argv=None) -> int:
     for part in args.parts:  # each part seeded on its own, so either can be re-run alone
         torch.manual_seed(args.seed)
         if part == VISION_TOWER:
-            pieces = pretrain_vision(scenes, tokenizer, args, random.Random(f"{args.seed}:{VISION_TOWER}"))
+            pieces = pretrain_vision(scenes, tokenizer, args, vision_rng(args.seed))
         else:
             shorthand = shorthand_documents(scenes, tokenizer, args.seed)
             lm = pretrain_language(documents, shorthand, tokenizer, args, random.Random(args.seed)).eval()

@@ -2,7 +2,8 @@
 
 The steps, each through the library's public API (the same code paths as the CLI commands):
 1. the world (`hf_llava.world`): training scenes, and validation and test scenes held out by content (none shows
-   what a pretraining, training or prompt-example scene shows), pictures with captions and boxes;
+   what a pretraining scene, the vision tower's near miss of one, a training or a prompt-example scene shows),
+   pictures with captions and boxes;
 2. LLaVA from the shipped pretrained tower and LM (`from_vision_and_text`);
 3. data: `hf_llava.datagen.generate` with the offline text-only teacher (conversation, detail, complex),
    and stage-1 caption data from the captions;
@@ -83,15 +84,16 @@ def resolve_device(device: Optional[str]) -> str:
 def make_world(root: Path, size: DemoSize) -> dict:
     """Training, validation and test scenes on disk with their VQA questions, and one new scene for the ONNX
     answer. Validation, test and the new scene are held out by content (`hf_llava.world.splits`): none shows
-    what a pretraining, training or prompt-example scene shows, nor what another split's scene shows. The split
-    sizes do not change which scenes are held out: a run's test split is a prefix of the full run's."""
+    what a pretraining scene (or the tower's near miss of one), a training or a prompt-example scene shows, nor
+    what another split's scene shows. The split sizes do not change which scenes are held out: a run's test
+    split is a prefix of the full run's."""
     from .world.questions import majority_answers, make_questions
     from .world.scenes import make_scenes, write_scenes
-    from .world.splits import content, heldout_scenes, pretraining_scenes, prompt_example_contents
+    from .world.splits import content, heldout_scenes, pretraining_scenes, prompt_example_contents, vision_near_misses
 
     train = make_scenes(size.train_scenes, SEED, "train")
-    seen = {content(s) for s in pretraining_scenes() + make_scenes(max(FULL.train_scenes, QUICK.train_scenes),
-                                                                   SEED, "train")}
+    train_pool = make_scenes(max(FULL.train_scenes, QUICK.train_scenes), SEED, "train")
+    seen = {content(s) for s in pretraining_scenes() + vision_near_misses() + train_pool}
     seen |= prompt_example_contents(DATAGEN_TYPES)
     test_pool = heldout_scenes(max(FULL.test_scenes, QUICK.test_scenes), SEED, "test", seen)
     val = heldout_scenes(size.val_scenes, SEED, "val", seen | {content(s) for s in test_pool})

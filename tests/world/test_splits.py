@@ -6,7 +6,8 @@ from pathlib import Path
 
 from hf_llava.demo import DATAGEN_TYPES, FULL, QUICK, SEED, make_world
 from hf_llava.world.scenes import make_scenes, quadrant_of, size_of
-from hf_llava.world.splits import content, heldout_scenes, pretraining_scenes, prompt_example_contents
+from hf_llava.world.splits import (content, heldout_scenes, pretraining_scenes, prompt_example_contents,
+                                   vision_near_misses)
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -41,7 +42,8 @@ def test_held_out_splits_share_no_content_with_pretraining_training_prompts_or_e
     for size in (QUICK, FULL):
         world = make_world(tmp_path / ("quick" if size is QUICK else "full"), size)
         train = make_scenes(max(FULL.train_scenes, QUICK.train_scenes), SEED, "train")
-        seen = {content(s) for s in pretraining_scenes() + train} | prompt_example_contents(DATAGEN_TYPES)
+        seen = {content(s) for s in pretraining_scenes() + vision_near_misses() + train}
+        seen |= prompt_example_contents(DATAGEN_TYPES)
         val = _contents(world["val_questions"].parent / "scenes.jsonl")
         test = _contents(world["test_questions"].parent / "scenes.jsonl")
         assert len(val) == size.val_scenes and len(test) == size.test_scenes
