@@ -89,11 +89,12 @@ def make_world(root: Path, size: DemoSize) -> dict:
     split is a prefix of the full run's."""
     from .world.questions import majority_answers, make_questions
     from .world.scenes import make_scenes, write_scenes
-    from .world.splits import content, heldout_scenes, pretraining_scenes, prompt_example_contents, vision_near_misses
+    from .world.splits import content, heldout_scenes, pretraining_contents, prompt_example_contents
 
-    train = make_scenes(size.train_scenes, SEED, "train")
+    # a smaller count gives a prefix: the full run's training scenes are held out from --quick's splits too
     train_pool = make_scenes(max(FULL.train_scenes, QUICK.train_scenes), SEED, "train")
-    seen = {content(s) for s in pretraining_scenes() + vision_near_misses() + train_pool}
+    train = train_pool[:size.train_scenes]
+    seen = pretraining_contents() | {content(s) for s in train_pool}
     seen |= prompt_example_contents(DATAGEN_TYPES)
     test_pool = heldout_scenes(max(FULL.test_scenes, QUICK.test_scenes), SEED, "test", seen)
     val = heldout_scenes(size.val_scenes, SEED, "val", seen | {content(s) for s in test_pool})

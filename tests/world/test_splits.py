@@ -6,8 +6,8 @@ from pathlib import Path
 
 from hf_llava.demo import DATAGEN_TYPES, FULL, QUICK, SEED, make_world
 from hf_llava.world.scenes import make_scenes, quadrant_of, size_of
-from hf_llava.world.splits import (content, heldout_scenes, pretraining_scenes, prompt_example_contents,
-                                   vision_near_misses)
+from hf_llava.world.splits import (content, heldout_scenes, pretraining_contents, pretraining_scenes,
+                                   prompt_example_contents)
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -42,7 +42,7 @@ def test_held_out_splits_share_no_content_with_pretraining_training_prompts_or_e
     for size in (QUICK, FULL):
         world = make_world(tmp_path / ("quick" if size is QUICK else "full"), size)
         train = make_scenes(max(FULL.train_scenes, QUICK.train_scenes), SEED, "train")
-        seen = {content(s) for s in pretraining_scenes() + vision_near_misses() + train}
+        seen = pretraining_contents() | {content(s) for s in train}
         seen |= prompt_example_contents(DATAGEN_TYPES)
         val = _contents(world["val_questions"].parent / "scenes.jsonl")
         test = _contents(world["test_questions"].parent / "scenes.jsonl")

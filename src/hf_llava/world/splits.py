@@ -3,7 +3,7 @@
 A scene's content is what it shows: the set of (quadrant, size, colour, kind) of its shapes (its id, jitter
 and background are not content). The world's parts were pretrained on `PRETRAIN_SCENES` scenes of split
 `PRETRAIN_SPLIT` (`scripts/pretrain_world.py` imports these constants), the vision tower also on a near miss of
-each scene of their first half (`vision_near_misses`, replayed); the demo trains on scenes of split
+each scene of their first half (`pretraining_contents` replays both); the demo trains on scenes of split
 `"train"`; datagen's prompts carry few-shot examples. `heldout_scenes` draws scenes by rejection sampling
 until none shows a content among those, so a test accuracy measures seeing new pictures, not recall.
 With 1-4 shapes there are only 4 x 48 one-shape contents, and pretraining's scenes show them all: held-out
@@ -24,7 +24,12 @@ PRETRAIN_SEED = 0
 
 def content(scene: Scene) -> frozenset:
     """What `scene` shows: `{(quadrant, size, colour, kind), ...}` of its shapes."""
-    return frozenset((s.quadrant, s.size, s.colour, s.kind) for s in scene.shapes)
+    return shapes_content(scene.shapes)
+
+
+def shapes_content(shapes: Iterable) -> frozenset:
+    """What a picture of `shapes` shows (`content` of a scene with them)."""
+    return frozenset((s.quadrant, s.size, s.colour, s.kind) for s in shapes)
 
 
 def pretraining_scenes() -> list[Scene]:
@@ -64,11 +69,11 @@ def vision_rng(seed: int) -> random.Random:
     return random.Random(f"{seed}:{VISION_TOWER}")
 
 
-def vision_near_misses() -> list[Scene]:
-    """The near-miss pictures the shipped vision tower was also trained on (replayed): one for each scene of the
-    first half of `pretraining_scenes()`."""
+def pretraining_contents() -> set:
+    """What the shipped parts saw in pretraining (replayed, once): the contents of `pretraining_scenes()` and of
+    the near-miss pictures the vision tower was also trained on, one for each scene of their first half."""
     scenes = pretraining_scenes()
-    return near_misses(scenes[:len(scenes) // 2], vision_rng(PRETRAIN_SEED))
+    return {content(s) for s in scenes + near_misses(scenes[:len(scenes) // 2], vision_rng(PRETRAIN_SEED))}
 
 
 def prompt_example_contents(types: Iterable[str]) -> set:
@@ -84,7 +89,7 @@ def prompt_example_contents(types: Iterable[str]) -> set:
                 _, shapes = read_context(context)
             except UnknownRequest:
                 continue
-            contents.add(frozenset((s.quadrant, s.size, s.colour, s.kind) for s in shapes))
+            contents.add(shapes_content(shapes))
     return contents
 
 
@@ -107,4 +112,4 @@ def heldout_scenes(count: int, seed: int, prefix: str, seen: Iterable[frozenset]
 
 
 __all__ = ["PRETRAIN_SCENES", "PRETRAIN_SEED", "PRETRAIN_SPLIT", "content", "heldout_scenes", "near_misses",
-           "pretraining_scenes", "prompt_example_contents", "vision_near_misses", "vision_rng"]
+           "pretraining_contents", "pretraining_scenes", "prompt_example_contents", "shapes_content", "vision_rng"]
