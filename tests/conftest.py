@@ -88,3 +88,37 @@ def pretrained_parts(tmp_path):
     llama.save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
     return tmp_path / "clip", tmp_path / "llama", clip, llama
+
+
+@pytest.fixture(scope="session")
+def next_config(tokenizer):
+    """A LLaVA-NeXT (AnyRes) config: CLIP tower on 16px tiles of 4px patches (16 tokens a tile), the released
+    1.6 grids in tiles (1x2, 2x1, 2x2, 3x1, 1x3: pinpoints 16x32 ... 16x48), `spatial_unpad` with `image_newline`."""
+    return tiny.build_config(tokenizer, image_size=16, patch_size=4, image_aspect_ratio="anyres")
+
+
+@pytest.fixture()
+def next_model(next_config):
+    torch.manual_seed(0)
+    return hf_llava.LlavaForConditionalGeneration(next_config).eval()
+
+
+@pytest.fixture()
+def next_processor(tokenizer, next_config):
+    return tiny.build_processor(tokenizer, next_config)
+
+
+@pytest.fixture(scope="session")
+def next_images():
+    """Three aspect ratios that pick three grids: wide (1x3 tiles), tall (3x1), about square (2x2)."""
+    return [tiny.demo_image(60, seed=2).resize((60, 18)), tiny.demo_image(40, seed=3).resize((14, 40)),
+            tiny.demo_image(36, seed=4).resize((36, 33))]
+
+
+@pytest.fixture()
+def saved_next(tmp_path, next_model, next_processor):
+    """A folder with a saved tiny NeXT model and its processor."""
+    path = tmp_path / "tiny-llava-next"
+    next_model.save_pretrained(path)
+    next_processor.save_pretrained(path)
+    return path

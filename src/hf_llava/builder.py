@@ -56,6 +56,7 @@ def processor_for_config(
         image_token=image_token,
         num_additional_image_tokens=config.num_additional_image_tokens,
         image_seq_length=config.num_image_tokens,
+        patch_merge_type=config.patch_merge_type,
     )
 
 

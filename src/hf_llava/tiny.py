@@ -121,7 +121,8 @@ def build_config(
 def build_processor(
     tokenizer: PreTrainedTokenizerFast, config: LlavaConfig, chat_template: str = "vicuna_v1", pad: bool = True
 ) -> LlavaProcessor:
-    """The processor for `config`: LLaVA-1.5 pad-to-square (`pad=True`) or CLIP's crop."""
+    """The processor for `config`: AnyRes tiles for an `anyres` config, else LLaVA-1.5 pad-to-square (`pad=True`)
+    or CLIP's crop."""
     size = config.vision_config.image_size
     common = dict(
         size={"shortest_edge": size},
@@ -129,7 +130,10 @@ def build_processor(
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
     )
-    if pad:
+    if config.image_aspect_ratio == "anyres":
+        image_processor = pil_image_processor("LlavaNextImageProcessor")(
+            image_grid_pinpoints=config.image_grid_pinpoints, **common)
+    elif pad:
         image_processor = pil_image_processor("LlavaImageProcessor")(do_pad=True, **common)
     else:
         image_processor = pil_image_processor("CLIPImageProcessor")(**common)

@@ -18,7 +18,12 @@ LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num
         ({"vision_feature_select_strategy": "cls"}, "vision_feature_select_strategy"),
         ({"vision_feature_layer": "last"}, "vision_feature_layer"),
         ({"vision_feature_layer": []}, "vision_feature_layer"),
-        ({"image_aspect_ratio": "anyres"}, "image_aspect_ratio"),
+        ({"image_aspect_ratio": "crop"}, "image_aspect_ratio"),
+        ({"image_aspect_ratio": "anyres", "image_grid_pinpoints": [[28, 50]]}, "image_grid_pinpoints"),
+        ({"image_aspect_ratio": "anyres", "image_grid_pinpoints": [[28]]}, "image_grid_pinpoints"),
+        ({"image_aspect_ratio": "anyres", "image_grid_pinpoints": []}, "image_grid_pinpoints"),
+        ({"image_aspect_ratio": "anyres", "patch_merge_type": "spatial_pad"}, "patch_merge_type"),
+        ({"image_aspect_ratio": "anyres", "vision_feature_select_strategy": "full"}, "vision_feature_select_strategy"),
         ({"image_seq_length": 3}, "image_seq_length"),
     ],
 )

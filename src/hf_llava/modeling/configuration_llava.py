@@ -25,6 +25,19 @@ TRANSFORMERS_5 = version.parse(transformers.__version__).major >= 5
 
 PROJECTOR_TYPES = ("linear", "mlp2x_gelu", "mlp{N}x_gelu", "identity")
 VISION_FEATURE_SELECT_STRATEGIES = ("default", "full")
+IMAGE_ASPECT_RATIOS = ("pad", "square", "anyres")
+# How AnyRes (LLaVA-NeXT) lays out the tiles' features, as the original's `mm_patch_merge_type`: `spatial_unpad`
+# (the released 1.6 models, and transformers' `llava_next`): the tiles' grid with the padding cut away and a learned
+# `image_newline` closing every row; `spatial`: the whole grid, row by row; `flat`: tile after tile.
+PATCH_MERGE_TYPES = ("spatial_unpad", "spatial", "flat")
+# The released LLaVA-1.6 grids in tiles (rows, columns): 1x2, 2x1, 2x2, 3x1, 1x3; with a 336 tower, the
+# `image_grid_pinpoints` of its configs: [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]].
+NEXT_GRID_TILES = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
+
+
+def default_grid_pinpoints(tile_size: int) -> list[list[int]]:
+    """The released LLaVA-1.6 grids as `[height, width]` pixels for tiles of `tile_size` (the tower's image size)."""
+    return [[rows * tile_size, cols * tile_size] for rows, cols in NEXT_GRID_TILES]
 _MLP_PATTERN = re.compile(r"^mlp(\d+)x_gelu$")
 # Vision towers whose sequence starts with a CLS token ("default" drops it).
 _TOWERS_WITH_CLS = ("clip_vision_model", "clip", "chinese_clip_vision_model", "metaclip_2_vision_model")
@@ -98,8 +111,16 @@ class LlavaConfig(PretrainedConfig):
         image_seq_length (`int`, *optional*): visual tokens per image; derived from the vision config
             when not given.
         multimodal_projector_bias (`bool`, defaults to `True`): biases in the projector's linear layers.
-        image_aspect_ratio (`str`, defaults to `"pad"`): how the recipe preprocesses images (`pad` to
-            square with the mean colour, as LLaVA-1.5; or `square`). Informative for processors.
+        image_aspect_ratio (`str`, defaults to `"pad"`): how images reach the tower: `pad` to a square with the
+            mean colour (LLaVA-1.5), `square` (resize and crop, LLaVA v1), both one tile, or `anyres` (LLaVA-NeXT):
+            resized to the best of `image_grid_pinpoints`, cut into tower-sized tiles plus a downscaled overview,
+            the tiles' features packed per `patch_merge_type` (`pixel_values` `(images, tiles, C, H, W)` with
+            `image_sizes`).
+        image_grid_pinpoints (`list[list[int]]`, *optional*): AnyRes resolutions as `[height, width]`, each a
+            multiple of the tower's image size; defaults to the released LLaVA-1.6 grids (1x2, 2x1, 2x2, 3x1, 1x3
+            tiles: `[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]` for a 336 tower).
+        patch_merge_type (`str`, defaults to `"spatial_unpad"`): AnyRes packing (`spatial_unpad`, `spatial`,
+            `flat`, as the original's `mm_patch_merge_type`); `spatial_unpad` adds the learned `image_newline`.
     """
 
     model_type = "hf_llava"
@@ -118,6 +139,8 @@ class LlavaConfig(PretrainedConfig):
         image_seq_length: Optional[int] = None,
         multimodal_projector_bias: bool = True,
         image_aspect_ratio: str = "pad",
+        image_grid_pinpoints: Optional[list[list[int]]] = None,
+        patch_merge_type: str = "spatial_unpad",
         **kwargs,
     ):
         if vision_config is None:  # CLIP ViT-L/14-336, the LLaVA-1.5 tower
@@ -136,6 +159,13 @@ class LlavaConfig(PretrainedConfig):
         )
         self.multimodal_projector_bias = multimodal_projector_bias
         self.image_aspect_ratio = image_aspect_ratio
+        if image_aspect_ratio == "anyres" and image_grid_pinpoints is None:
+            image_grid_pinpoints = default_grid_pinpoints(self.vision_config.image_size)
+        self.image_grid_pinpoints = (
+            [list(p) for p in image_grid_pinpoints] if isinstance(image_grid_pinpoints, (list, tuple))
+            else image_grid_pinpoints
+        )
+        self.patch_merge_type = patch_merge_type
         self._validate()
         expected = self.num_image_tokens
         if image_seq_length is not None and image_seq_length != expected:
@@ -168,8 +198,11 @@ class LlavaConfig(PretrainedConfig):
         elif not isinstance(layer, int):
             raise ValueError(f"vision_feature_layer={layer!r}: expected an int or a list of ints.")
         projector_depth(self.projector_type)  # validates
-        if self.image_aspect_ratio not in ("pad", "square"):
-            raise ValueError(f"image_aspect_ratio={self.image_aspect_ratio!r}: expected 'pad' or 'square'.")
+        if self.image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+            raise ValueError(f"image_aspect_ratio={self.image_aspect_ratio!r}: expected one of "
+                             f"{', '.join(IMAGE_ASPECT_RATIOS)}.")
+        if self.image_aspect_ratio == "anyres":
+            self._validate_anyres()
         num_layers = 1 if isinstance(layer, int) else len(layer)
         vision_width = self.vision_config.hidden_size * num_layers
         if self.projector_type == "identity" and vision_width != self.text_config.hidden_size:
@@ -183,6 +216,40 @@ class LlavaConfig(PretrainedConfig):
                 "vision_feature_select_strategy='default' drops the first token, but a %s tower has no CLS token: "
                 "a real image patch is dropped. Use 'full' for such towers.", self.vision_config.model_type
             )
+
+    def _validate_anyres(self) -> None:
+        if self.patch_merge_type not in PATCH_MERGE_TYPES:
+            raise ValueError(f"patch_merge_type={self.patch_merge_type!r}: expected one of "
+                             f"{', '.join(PATCH_MERGE_TYPES)}.")
+        tile = self.vision_config.image_size
+        pinpoints = self.image_grid_pinpoints
+        if not isinstance(pinpoints, list) or not pinpoints or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and x > 0 for x in p) for p in pinpoints
+        ):
+            raise ValueError(f"image_grid_pinpoints={pinpoints!r}: expected a non-empty list of [height, width] "
+                             f"pairs of positive ints, e.g. {default_grid_pinpoints(tile)}.")
+        off_grid = [p for p in pinpoints if p[0] % tile or p[1] % tile]
+        if off_grid:
+            raise ValueError(f"image_grid_pinpoints {off_grid} are not multiples of the vision tower's image size "
+                             f"({tile}): each resolution is cut into {tile}x{tile} tiles. Use multiples of {tile}, "
+                             f"e.g. {default_grid_pinpoints(tile)}.")
+        side = tile // self.vision_config.patch_size
+        if self.vision_feature_select_strategy == "default" and not has_cls_token(self.vision_config):
+            raise ValueError("AnyRes packs each tile's features into a grid of "
+                             f"{side}x{side}; vision_feature_select_strategy='default' drops a real patch of this "
+                             f"{self.vision_config.model_type} tower (it has no CLS token). Use 'full'.")
+        if self.vision_feature_select_strategy == "full" and has_cls_token(self.vision_config):
+            raise ValueError("AnyRes packs each tile's features into a grid of "
+                             f"{side}x{side}; vision_feature_select_strategy='full' keeps the CLS token, which has "
+                             "no place in it. Use 'default'.")
+
+    @property
+    def max_tiles(self) -> int:
+        """AnyRes: tiles of the largest grid plus the overview (1 for fixed-resolution models)."""
+        if self.image_aspect_ratio != "anyres":
+            return 1
+        tile = self.vision_config.image_size
+        return 1 + max((h // tile) * (w // tile) for h, w in self.image_grid_pinpoints)
 
     def to_json_string(self, use_diff: bool = True) -> str:
         """As transformers, plus the LM's RoPE fields as 4.57 reads them (see `add_legacy_rope_fields`).
@@ -201,7 +268,8 @@ class LlavaConfig(PretrainedConfig):
 
     @property
     def num_image_tokens(self) -> int:
-        """Visual tokens the model produces per image: (image_size / patch_size)^2, +CLS for `full`."""
+        """Visual tokens per image, (image_size / patch_size)^2 (+CLS for `full`); AnyRes: per tile (the overview's
+        share; an image's count depends on its size, see `LlavaProcessor.num_image_tokens`)."""
         side = self.vision_config.image_size // self.vision_config.patch_size
         tokens = side * side + self.num_additional_image_tokens
         if self.vision_feature_select_strategy == "default":
@@ -210,5 +278,6 @@ class LlavaConfig(PretrainedConfig):
 
 
 __all__ = [
-    "LlavaConfig", "PROJECTOR_TYPES", "TRANSFORMERS_5", "add_legacy_rope_fields", "has_cls_token", "projector_depth",
+    "IMAGE_ASPECT_RATIOS", "LlavaConfig", "PATCH_MERGE_TYPES", "PROJECTOR_TYPES", "TRANSFORMERS_5",
+    "add_legacy_rope_fields", "default_grid_pinpoints", "has_cls_token", "projector_depth",
 ]

@@ -8,6 +8,7 @@ the original LLaVA recipe's projector types (`linear`, `mlpNx_gelu`, `identity`)
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
 
+import math
 import re
 import warnings
 from collections.abc import Callable
@@ -25,12 +26,15 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     ModelOutput,
 )
+from transformers.image_processing_utils import select_best_resolution
+from transformers.models.llava_next.modeling_llava_next import unpad_image
 from transformers.utils import can_return_tuple
 
 from .configuration_llava import TRANSFORMERS_5, LlavaConfig, projector_depth
 
 if TRANSFORMERS_5:  # 5.x's loading machinery, imported unconditionally: a release that moves it fails here, loudly
     from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers import initialization
     from transformers.core_model_loading import WeightRenaming, apply_renamings, revert_weight_conversion
 
 # transformers 5.25 renamed the KV cache `past_key_values` -> `cache`, as a keyword of every forward and as the
@@ -65,7 +69,8 @@ class LlavaCausalLMOutputWithPast(_MultimodalOutput, CausalLMOutputWithPast):
     loss: `(1,)` language-modeling loss where `labels != -100`.
     logits: `(batch, seq_len, vocab)`.
     past_key_values (`cache` from transformers 5.25 on): the KV cache.
-    image_hidden_states: `(num_images, num_image_tokens, text_hidden_size)`, projected visual tokens.
+    image_hidden_states: `(num_images, num_image_tokens, text_hidden_size)`, projected visual tokens; AnyRes: the
+        images' packed tokens one after the other, `(total_image_tokens, text_hidden_size)`, as llava_next has them.
     image_outputs (transformers 5.x; None on 4.57): the image encoder's output as 5.x's `get_image_features` gives
         it (`pooler_output` = `image_hidden_states`, plus the tower's states), where 5.x's multimodal outputs have it.
     """
@@ -123,6 +128,16 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        """As transformers; AnyRes's `image_newline` drawn as transformers' llava_next draws it."""
+        super()._init_weights(module)
+        if isinstance(module, LlavaModel) and hasattr(module, "image_newline"):
+            std = 1 / math.sqrt(self.config.text_config.hidden_size)
+            if TRANSFORMERS_5:  # 5.x's initializers skip weights already loaded
+                initialization.normal_(module.image_newline, mean=0.0, std=std)
+            else:
+                module.image_newline.data.normal_(mean=0.0, std=std)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -206,6 +221,10 @@ class LlavaModel(LlavaPreTrainedModel):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = LlavaMultiModalProjector(config)
+        if config.image_aspect_ratio == "anyres" and config.patch_merge_type == "spatial_unpad":
+            # AnyRes: the learned vector closing every row of an image's feature map (LLaVA-1.6's `image_newline`)
+            hidden = config.text_config.hidden_size
+            self.image_newline = nn.Parameter(torch.randn(hidden, dtype=self.dtype) / math.sqrt(hidden))
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -227,10 +246,17 @@ class LlavaModel(LlavaPreTrainedModel):
         vision_feature_layer: Optional[Union[int, list[int]]] = None,
         vision_feature_select_strategy: Optional[str] = None,
         output_hidden_states: Optional[bool] = None,
+        image_sizes: Optional[torch.Tensor] = None,
         **tower_kwargs,
     ) -> BaseModelOutputWithPooling:
-        """The visual tokens `(num_images, num_image_tokens, text_hidden_size)` as `pooler_output`, beside the tower's
-        `last_hidden_state`, `attentions` and (when asked for, by argument or config) `hidden_states`."""
+        """The visual tokens as `pooler_output`, beside the tower's `last_hidden_state`, `attentions` and (when asked
+        for, by argument or config) `hidden_states`.
+
+        Fixed resolution: `pixel_values` `(num_images, C, H, W)` -> `(num_images, num_image_tokens, text_hidden)`.
+        AnyRes: `pixel_values` `(num_images, max_tiles, C, H, W)` (padded tiles past an image's own are skipped) or
+        its tiles concatenated `(total_tiles, C, H, W)`, with `image_sizes` `(num_images, 2)` (height, width) ->
+        a tuple of `(packed_tokens_i, text_hidden)`, one per image (see `_pack_anyres`).
+        """
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = (
             self.config.vision_feature_select_strategy
@@ -239,6 +265,11 @@ class LlavaModel(LlavaPreTrainedModel):
         )
         if strategy not in ("default", "full"):
             raise ValueError(f"vision_feature_select_strategy={strategy!r}: expected 'default' or 'full'.")
+        anyres = self.config.image_aspect_ratio == "anyres"
+        if anyres:
+            image_sizes = self._image_sizes(image_sizes, pixel_values)
+            tiles_per_image = [self._grid(size)[0] * self._grid(size)[1] + 1 for size in image_sizes]
+            pixel_values = self._used_tiles(pixel_values, tiles_per_image)  # (total_tiles, C, H, W)
         tower_kwargs = {k: v for k, v in tower_kwargs.items() if v is not None}
         # The whole tower runs, also the layers after the one LLaVA reads (-2: one of CLIP-L's 24): a model is
         # shared by threads and compiled graphs, so nothing about it changes during a call.
@@ -252,35 +283,111 @@ class LlavaModel(LlavaPreTrainedModel):
                 f"vision_feature_layer={layer!r}, but the vision tower has {len(hidden_states) - 1} layers: hidden "
                 f"states {-len(hidden_states)}..{len(hidden_states) - 1} exist (0 is the embeddings)."
             )
-        # each (num_images, 1 + num_patches, vision_hidden) for CLIP; CLS first
+        # each (num_images or total_tiles, 1 + num_patches, vision_hidden) for CLIP; CLS first
         selected = [hidden_states[i] for i in layers]
         if strategy == "default":
             selected = [hs[:, 1:] for hs in selected]
-        features = selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1)
+        features = self.multi_modal_projector(selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1))
+        if anyres:  # (total_tiles, patches, text_hidden) -> one packed (tokens_i, text_hidden) per image
+            features = tuple(
+                self._pack_anyres(tiles, size)
+                for tiles, size in zip(torch.split(features, tiles_per_image), image_sizes)
+            )
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states or self.config.vision_config.output_hidden_states
         return BaseModelOutputWithPooling(
             last_hidden_state=tower.last_hidden_state,
-            pooler_output=self.multi_modal_projector(features),
+            pooler_output=features,
             hidden_states=hidden_states if output_hidden_states else None,
             attentions=tower.attentions,
         )
+
+    # --- AnyRes (LLaVA-NeXT) ---------------------------------------------------------------------------------------
+
+    def _grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(rows, columns) of tiles for an image of `image_size` (height, width): the best-fitting pinpoint (the one
+        `LlavaNextImageProcessor` resized it to) in tower-sized tiles."""
+        height, width = select_best_resolution(image_size, self.config.image_grid_pinpoints)
+        tile = self.config.vision_config.image_size
+        return height // tile, width // tile
+
+    def _image_sizes(self, image_sizes, pixel_values: torch.Tensor) -> list[tuple[int, int]]:
+        if image_sizes is None:
+            raise ValueError(
+                "This is an AnyRes (LLaVA-NeXT) model: pass `image_sizes` (height, width of each original image) with "
+                "`pixel_values`; LlavaProcessor returns both."
+            )
+        sizes = [tuple(int(x) for x in size) for size in image_sizes.tolist()] if torch.is_tensor(image_sizes) else [
+            tuple(int(x) for x in size) for size in image_sizes]
+        if pixel_values.dim() == 5 and len(sizes) != pixel_values.shape[0]:
+            raise ValueError(f"{pixel_values.shape[0]} image(s) in pixel_values {tuple(pixel_values.shape)} but "
+                             f"{len(sizes)} in image_sizes: pass one (height, width) per image.")
+        return sizes
+
+    @staticmethod
+    def _used_tiles(pixel_values: torch.Tensor, tiles_per_image: list[int]) -> torch.Tensor:
+        """`(images, max_tiles, C, H, W)` (padded across a batch) or `(total_tiles, C, H, W)` -> each image's own
+        tiles, concatenated `(sum(tiles_per_image), C, H, W)`."""
+        if pixel_values.dim() == 5:
+            if pixel_values.shape[1] < max(tiles_per_image):
+                raise ValueError(f"pixel_values {tuple(pixel_values.shape)} has {pixel_values.shape[1]} tile(s) per "
+                                 f"image, but image_sizes ask for {tiles_per_image} (overview + grid): process the "
+                                 "images with this model's processor (its image_grid_pinpoints).")
+            return torch.cat([pixels[:count] for pixels, count in zip(pixel_values, tiles_per_image)])
+        if pixel_values.dim() != 4 or pixel_values.shape[0] != sum(tiles_per_image):
+            raise ValueError(f"pixel_values {tuple(pixel_values.shape)}: an AnyRes model takes (images, tiles, C, H, "
+                             f"W), or (tiles, C, H, W) with the {sum(tiles_per_image)} tiles image_sizes ask for "
+                             f"({tiles_per_image}).")
+        return pixel_values
+
+    def _pack_anyres(self, tiles: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+        """One image's tile features `(1 + rows * cols, side * side, D)`, the overview first -> its visual tokens.
+
+        `spatial_unpad` (LLaVA-1.6): the tiles' features become one map of the grid, rows * side high and cols * side
+        wide; the padding the resize to the pinpoint added is cut away (`unpad_image`, the image's aspect ratio);
+        `image_newline` closes every row of the map; the overview's tokens go first. `spatial`: the whole map row by
+        row, no newline. `flat`: the tiles one after the other. An image that is a single tile gets its overview and
+        (`spatial_unpad`) one newline.
+        """
+        merge = self.config.patch_merge_type
+        if merge == "flat" or tiles.shape[0] == 1:
+            packed = tiles.flatten(0, 1)  # (tiles * side * side, D)
+            if merge == "spatial_unpad":
+                packed = torch.cat([packed, self.image_newline[None].to(packed)])
+            return packed
+        overview, grid = tiles[0], tiles[1:]  # (side * side, D), (rows * cols, side * side, D)
+        rows, cols = self._grid(image_size)
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        feature_map = (
+            grid.view(rows, cols, side, side, -1)  # (rows, cols, side, side, D)
+            .permute(4, 0, 2, 1, 3)  # (D, rows, side, cols, side)
+            .flatten(1, 2)  # (D, rows * side, cols * side)
+            .flatten(2, 3)
+        )
+        if merge == "spatial_unpad":
+            feature_map = unpad_image(feature_map, image_size)  # (D, height, width): the image's aspect ratio
+            newline = self.image_newline[:, None, None].expand(-1, feature_map.shape[1], 1).to(feature_map)
+            feature_map = torch.cat([feature_map, newline], dim=-1)  # (D, height, width + 1)
+        return torch.cat([overview, feature_map.flatten(1, 2).transpose(0, 1)])  # (side^2 + height * (width+1), D)
 
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
         vision_feature_layer: Optional[Union[int, list[int]]] = None,
         vision_feature_select_strategy: Optional[str] = None,
+        image_sizes: Optional[torch.Tensor] = None,
         **kwargs,
-    ) -> Union[torch.Tensor, BaseModelOutputWithPooling, tuple]:
-        """`(num_images, channels, height, width)` -> visual tokens `(num_images, num_image_tokens, text_hidden_size)`.
+    ) -> Union[torch.Tensor, tuple, BaseModelOutputWithPooling]:
+        """`(num_images, channels, height, width)` -> visual tokens `(num_images, num_image_tokens, text_hidden_size)`;
+        AnyRes (with `image_sizes`): a tuple of packed `(tokens_i, text_hidden_size)`, one per image, as llava_next.
 
-        transformers 4.57: that tensor, as 4.57's llava. 5.x: as 5.x's llava, a `BaseModelOutputWithPooling` whose
-        `pooler_output` is that tensor (`last_hidden_state`, `hidden_states`, `attentions`: the tower's), a tuple
-        with `return_dict=False`.
+        transformers 4.57: that tensor (tuple), as 4.57's llava (llava_next). 5.x: as 5.x's, a
+        `BaseModelOutputWithPooling` whose `pooler_output` is that (`last_hidden_state`, `hidden_states`,
+        `attentions`: the tower's), a tuple with `return_dict=False`.
         """
         return_dict = kwargs.pop("return_dict", None)
-        outputs = self._image_outputs(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)
+        outputs = self._image_outputs(pixel_values, vision_feature_layer, vision_feature_select_strategy,
+                                      image_sizes=image_sizes, **kwargs)
         if not TRANSFORMERS_5:
             return outputs.pooler_output
         return outputs if (self.config.return_dict if return_dict is None else return_dict) else outputs.to_tuple()
@@ -289,9 +396,10 @@ class LlavaModel(LlavaPreTrainedModel):
         self,
         input_ids: Optional[torch.LongTensor],
         inputs_embeds: torch.FloatTensor,
-        image_features: torch.Tensor,
+        image_features: Union[torch.Tensor, tuple],
     ) -> torch.FloatTensor:
-        """Write the visual tokens where `input_ids == image_token_id` (the LLaVA splice)."""
+        """Write the visual tokens where `input_ids == image_token_id` (the LLaVA splice); `image_features`
+        `(num_images, tokens_per_image, H)`, or AnyRes's tuple of `(tokens_i, H)`."""
         if input_ids is not None:
             mask = input_ids == self.config.image_token_id  # (B, T)
         else:
@@ -299,14 +407,20 @@ class LlavaModel(LlavaPreTrainedModel):
                 torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
             )
             mask = (inputs_embeds == image_embed).all(-1)
-        num_images, tokens_per_image = image_features.shape[:2]
-        if not torch.compiler.is_compiling() and int(mask.sum()) != num_images * tokens_per_image:
-            found = int(mask.sum())
+        if isinstance(image_features, (tuple, list)):  # AnyRes: each image's own count
+            counts = [features.shape[0] for features in image_features]
+            image_features = torch.cat(image_features)
+            expected = f"{len(counts)} image(s) packed to {counts} tokens (AnyRes: by each image's size)"
+        else:
+            num_images, tokens_per_image = image_features.shape[:2]
+            counts = [tokens_per_image] * num_images
+            expected = f"{num_images} image(s) x {tokens_per_image} tokens per image"
+        if not torch.compiler.is_compiling() and int(mask.sum()) != sum(counts):
             raise ValueError(
-                f"The prompt has {found} image tokens (id {self.config.image_token_id}), but {num_images} image(s) "
-                f"x {tokens_per_image} tokens per image = {num_images * tokens_per_image} were expected. Each image "
-                f"needs exactly one '<image>' in the text, expanded to {tokens_per_image} tokens (LlavaProcessor "
-                "does this); check that the number of images matches the number of '<image>' placeholders."
+                f"The prompt has {int(mask.sum())} image tokens (id {self.config.image_token_id}), but {expected} = "
+                f"{sum(counts)} were expected. Each image needs exactly one '<image>' in the text, expanded to its "
+                "count (LlavaProcessor does this); check that the number of images matches the number of '<image>' "
+                "placeholders."
             )
         mask = mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.device, inputs_embeds.dtype))
@@ -356,10 +470,12 @@ class LlavaModel(LlavaPreTrainedModel):
             # transformers 5.x returns the image encoder's states too (`image_outputs`), when asked as for the LM's
             asked = {k: kwargs.get(k) for k in ("output_hidden_states", "output_attentions")} if TRANSFORMERS_5 else {}
             image_outputs = self._image_outputs(
-                pixel_values, vision_feature_layer, vision_feature_select_strategy, **asked
+                pixel_values, vision_feature_layer, vision_feature_select_strategy, image_sizes=image_sizes, **asked
             )
+            inputs_embeds = self._splice_image_features(input_ids, inputs_embeds, image_outputs.pooler_output)
             image_features = image_outputs.pooler_output
-            inputs_embeds = self._splice_image_features(input_ids, inputs_embeds, image_features)
+            if isinstance(image_features, tuple):  # AnyRes: (total_image_tokens, H), as llava_next
+                image_features = torch.cat(image_features)
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -386,6 +502,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
         "^vision_tower": "model.vision_tower",
         "^multi_modal_projector": "model.multi_modal_projector",
         "^language_model.lm_head": "lm_head",
+        "^image_newline": "model.image_newline",
     }
     # A dict on transformers 5 (tied key -> its source); 4.57 reads only the keys.
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
@@ -470,6 +587,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
+            image_sizes=image_sizes,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 import transformers
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_utils import select_best_resolution
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
 
 from .chat_templates import get_chat_template
@@ -120,6 +121,11 @@ class LlavaProcessor(ProcessorMixin):
         num_additional_image_tokens (`int`, defaults to 0): tokens the tower adds to the patches
             (1 for CLIP's CLS, 0 for SigLIP).
         image_seq_length (`int`, *optional*): visual tokens per image (`LlavaConfig.image_seq_length`).
+        patch_merge_type (`str`, defaults to `"spatial_unpad"`): AnyRes packing, as the model config's.
+
+    AnyRes (LLaVA-NeXT): with an image processor that has `image_grid_pinpoints` (`LlavaNextImageProcessor`),
+    `pixel_values` are `(images, tiles, C, H, W)` with `image_sizes`, and each `<image>` expands to the count the
+    model packs for that image's size (`anyres_num_image_tokens`).
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -137,6 +143,7 @@ class LlavaProcessor(ProcessorMixin):
         image_token: str = "<image>",
         num_additional_image_tokens: int = 0,
         image_seq_length: Optional[int] = None,
+        patch_merge_type: str = "spatial_unpad",
         **kwargs,
     ):
         if tokenizer is None:
@@ -145,6 +152,7 @@ class LlavaProcessor(ProcessorMixin):
         self.patch_size = patch_size
         self.num_additional_image_tokens = num_additional_image_tokens
         self.image_seq_length = image_seq_length
+        self.patch_merge_type = patch_merge_type
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.image_token = getattr(tokenizer, "image_token", None) or image_token
         if self.image_token not in tokenizer.get_vocab():
@@ -165,6 +173,34 @@ class LlavaProcessor(ProcessorMixin):
         if self.vision_feature_select_strategy == "default":
             tokens -= 1
         return tokens
+
+    @property
+    def anyres(self) -> bool:
+        """Whether images are cut into AnyRes tiles (the image processor has `image_grid_pinpoints`)."""
+        return getattr(self.image_processor, "image_grid_pinpoints", None) is not None
+
+    def anyres_num_image_tokens(self, image_size: tuple[int, int], tile_size: tuple[int, int]) -> int:
+        """Visual tokens the model packs for an original image of `image_size` (height, width) cut into tiles of
+        `tile_size` pixels (the tower's input): the overview's, then per `patch_merge_type` the grid's (see
+        `LlavaModel._pack_anyres`; the unpadding arithmetic is transformers' `unpad_image`)."""
+        if self.patch_size is None:
+            raise ValueError("LlavaProcessor needs the tower's patch_size to count AnyRes tokens.")
+        height, width = (int(x) for x in image_size)
+        best_height, best_width = select_best_resolution((height, width), self.image_processor.image_grid_pinpoints)
+        rows, cols = best_height // tile_size[0], best_width // tile_size[1]
+        side_h, side_w = tile_size[0] // self.patch_size, tile_size[1] // self.patch_size
+        per_tile = side_h * side_w + self.num_additional_image_tokens
+        per_tile -= self.vision_feature_select_strategy == "default"  # drops CLS
+        if self.patch_merge_type == "flat":
+            return per_tile * (1 + rows * cols)
+        map_h, map_w = rows * side_h, cols * side_w  # the grid's feature map
+        if self.patch_merge_type == "spatial":
+            return per_tile + map_h * map_w
+        if width / height > map_w / map_h:  # wider than the map: padding rows are cut, top and bottom alike
+            map_h -= 2 * ((map_h - int(round(height * (map_w / width), 7))) // 2)
+        else:  # padding columns are cut
+            map_w -= 2 * ((map_w - int(round(width * (map_h / height), 7))) // 2)
+        return per_tile + map_h * (map_w + 1)  # + an image_newline closing each row
 
     def expand_image_tokens(self, text: str, tokens_per_image: list[int]) -> tuple[str, list[int]]:
         """The one expansion: the i-th `image_token` of `text` becomes `tokens_per_image[i]` image tokens.
@@ -228,7 +264,12 @@ class LlavaProcessor(ProcessorMixin):
             )
         prompts = list(text)
         if num_images:
-            counts = iter([self.num_image_tokens(*pixels.shape[-2:]) for pixels in image_inputs["pixel_values"]])
+            if self.anyres:
+                counts = [self.anyres_num_image_tokens(size, pixels.shape[-2:])
+                          for pixels, size in zip(image_inputs["pixel_values"], image_inputs["image_sizes"])]
+            else:
+                counts = [self.num_image_tokens(*pixels.shape[-2:]) for pixels in image_inputs["pixel_values"]]
+            counts = iter(counts)
             prompts = [self.expand_image_tokens(t, [next(counts) for _ in range(t.count(self.image_token))])[0]
                        for t in text]
 
