@@ -13,6 +13,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from hf_llava import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, tiny
 from hf_llava.modeling.configuration_llava import default_grid_pinpoints
+from hf_llava.modeling.modeling_llava import anyres_grid, pack_anyres
 
 OUR_ONLY = ("projector_type", "image_aspect_ratio", "patch_merge_type", "model_type", "image_seq_length",
             "auto_map", "architectures", "transformers_version")
@@ -49,7 +50,7 @@ def mixed_batch(processor, images):
 
 def test_grids_follow_the_aspect_ratio(next_model, next_processor, next_images):
     sizes = next_processor.image_processor(next_images)["image_sizes"]
-    assert [next_model.model._grid(tuple(size)) for size in sizes] == [(1, 3), (3, 1), (2, 2)]
+    assert [anyres_grid(tuple(size), next_model.config) for size in sizes] == [(1, 3), (3, 1), (2, 2)]
     assert next_model.config.image_grid_pinpoints == default_grid_pinpoints(16)
     assert default_grid_pinpoints(336) == [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
@@ -91,8 +92,8 @@ def test_processor_counts_equal_the_model_s_packing_for_every_size(tokenizer, ne
     sizes = [(h, w) for h in (1, 5, 16, 17, 31, 48, 100) for w in (1, 3, 16, 23, 33, 64, 250)]
     tiles = torch.randn(config.max_tiles, 16, config.text_config.hidden_size)
     for size in sizes:
-        rows, cols = model.model._grid(size)
-        packed = model.model._pack_anyres(tiles[: 1 + rows * cols], size)
+        rows, cols = anyres_grid(size, config)
+        packed = pack_anyres(tiles[: 1 + rows * cols], size, config, getattr(model.model, "image_newline", None))
         assert packed.shape[0] == processor.anyres_num_image_tokens(size, (16, 16)), size
 
 

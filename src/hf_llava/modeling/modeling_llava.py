@@ -55,6 +55,48 @@ def _the_cache(past_key_values: Optional[Cache], cache: Optional[Cache], owner: 
     return cache if cache is not None else past_key_values
 
 
+def anyres_grid(image_size: tuple[int, int], config: LlavaConfig) -> tuple[int, int]:
+    """(rows, columns) of tiles for an image of `image_size` (height, width): the best-fitting pinpoint (the one
+    `LlavaNextImageProcessor` resized it to) in tower-sized tiles."""
+    height, width = select_best_resolution(image_size, config.image_grid_pinpoints)
+    tile = config.vision_config.image_size
+    return height // tile, width // tile
+
+
+def pack_anyres(
+    tiles: torch.Tensor, image_size: tuple[int, int], config: LlavaConfig, image_newline: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """One image's tile features `(1 + rows * cols, side * side, D)`, the overview first -> its visual tokens.
+
+    `spatial_unpad` (LLaVA-1.6): the tiles' features become one map of the grid, rows * side high and cols * side
+    wide; the padding the resize to the pinpoint added is cut away (`unpad_image`, the image's aspect ratio);
+    `image_newline` `(D,)` closes every row of the map; the overview's tokens go first. `spatial`: the whole map row
+    by row, no newline. `flat`: the tiles one after the other. An image that is a single tile gets its overview and
+    (`spatial_unpad`) one newline. (The ONNX Runtime model packs with this function too.)
+    """
+    merge = config.patch_merge_type
+    if merge == "flat" or tiles.shape[0] == 1:
+        packed = tiles.flatten(0, 1)  # (tiles * side * side, D)
+        if merge == "spatial_unpad":
+            packed = torch.cat([packed, image_newline[None].to(packed)])
+        return packed
+    overview, grid = tiles[0], tiles[1:]  # (side * side, D), (rows * cols, side * side, D)
+    rows, cols = anyres_grid(image_size, config)
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    feature_map = (
+        grid.view(rows, cols, side, side, -1)  # (rows, cols, side, side, D)
+        .permute(4, 0, 2, 1, 3)  # (D, rows, side, cols, side)
+        .flatten(1, 2)  # (D, rows * side, cols * side)
+        .flatten(2, 3)
+    )
+    if merge == "spatial_unpad":
+        feature_map = unpad_image(feature_map, image_size)  # (D, height, width): the image's aspect ratio
+        newline = image_newline[:, None, None].expand(-1, feature_map.shape[1], 1).to(feature_map)
+        feature_map = torch.cat([feature_map, newline], dim=-1)  # (D, height, width + 1)
+    return torch.cat([overview, feature_map.flatten(1, 2).transpose(0, 1)])  # (side^2 + height * (width + 1), D)
+
+
+
 class _MultimodalOutput:
     """`to_tuple` with the image encoder's output as a nested tuple, as transformers 5's multimodal outputs have it."""
 
@@ -255,7 +297,7 @@ class LlavaModel(LlavaPreTrainedModel):
         Fixed resolution: `pixel_values` `(num_images, C, H, W)` -> `(num_images, num_image_tokens, text_hidden)`.
         AnyRes: `pixel_values` `(num_images, max_tiles, C, H, W)` (padded tiles past an image's own are skipped) or
         its tiles concatenated `(total_tiles, C, H, W)`, with `image_sizes` `(num_images, 2)` (height, width) ->
-        a tuple of `(packed_tokens_i, text_hidden)`, one per image (see `_pack_anyres`).
+        a tuple of `(packed_tokens_i, text_hidden)`, one per image (see `pack_anyres`).
         """
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = (
@@ -268,7 +310,7 @@ class LlavaModel(LlavaPreTrainedModel):
         anyres = self.config.image_aspect_ratio == "anyres"
         if anyres:
             image_sizes = self._image_sizes(image_sizes, pixel_values)
-            tiles_per_image = [self._grid(size)[0] * self._grid(size)[1] + 1 for size in image_sizes]
+            tiles_per_image = [math.prod(anyres_grid(size, self.config)) + 1 for size in image_sizes]
             pixel_values = self._used_tiles(pixel_values, tiles_per_image)  # (total_tiles, C, H, W)
         tower_kwargs = {k: v for k, v in tower_kwargs.items() if v is not None}
         # The whole tower runs, also the layers after the one LLaVA reads (-2: one of CLIP-L's 24): a model is
@@ -290,7 +332,7 @@ class LlavaModel(LlavaPreTrainedModel):
         features = self.multi_modal_projector(selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1))
         if anyres:  # (total_tiles, patches, text_hidden) -> one packed (tokens_i, text_hidden) per image
             features = tuple(
-                self._pack_anyres(tiles, size)
+                pack_anyres(tiles, size, self.config, getattr(self, "image_newline", None))
                 for tiles, size in zip(torch.split(features, tiles_per_image), image_sizes)
             )
         if output_hidden_states is None:
@@ -303,13 +345,6 @@ class LlavaModel(LlavaPreTrainedModel):
         )
 
     # --- AnyRes (LLaVA-NeXT) ---------------------------------------------------------------------------------------
-
-    def _grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """(rows, columns) of tiles for an image of `image_size` (height, width): the best-fitting pinpoint (the one
-        `LlavaNextImageProcessor` resized it to) in tower-sized tiles."""
-        height, width = select_best_resolution(image_size, self.config.image_grid_pinpoints)
-        tile = self.config.vision_config.image_size
-        return height // tile, width // tile
 
     def _image_sizes(self, image_sizes, pixel_values: torch.Tensor) -> list[tuple[int, int]]:
         if image_sizes is None:
@@ -339,36 +374,6 @@ class LlavaModel(LlavaPreTrainedModel):
                              f"W), or (tiles, C, H, W) with the {sum(tiles_per_image)} tiles image_sizes ask for "
                              f"({tiles_per_image}).")
         return pixel_values
-
-    def _pack_anyres(self, tiles: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-        """One image's tile features `(1 + rows * cols, side * side, D)`, the overview first -> its visual tokens.
-
-        `spatial_unpad` (LLaVA-1.6): the tiles' features become one map of the grid, rows * side high and cols * side
-        wide; the padding the resize to the pinpoint added is cut away (`unpad_image`, the image's aspect ratio);
-        `image_newline` closes every row of the map; the overview's tokens go first. `spatial`: the whole map row by
-        row, no newline. `flat`: the tiles one after the other. An image that is a single tile gets its overview and
-        (`spatial_unpad`) one newline.
-        """
-        merge = self.config.patch_merge_type
-        if merge == "flat" or tiles.shape[0] == 1:
-            packed = tiles.flatten(0, 1)  # (tiles * side * side, D)
-            if merge == "spatial_unpad":
-                packed = torch.cat([packed, self.image_newline[None].to(packed)])
-            return packed
-        overview, grid = tiles[0], tiles[1:]  # (side * side, D), (rows * cols, side * side, D)
-        rows, cols = self._grid(image_size)
-        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        feature_map = (
-            grid.view(rows, cols, side, side, -1)  # (rows, cols, side, side, D)
-            .permute(4, 0, 2, 1, 3)  # (D, rows, side, cols, side)
-            .flatten(1, 2)  # (D, rows * side, cols * side)
-            .flatten(2, 3)
-        )
-        if merge == "spatial_unpad":
-            feature_map = unpad_image(feature_map, image_size)  # (D, height, width): the image's aspect ratio
-            newline = self.image_newline[:, None, None].expand(-1, feature_map.shape[1], 1).to(feature_map)
-            feature_map = torch.cat([feature_map, newline], dim=-1)  # (D, height, width + 1)
-        return torch.cat([overview, feature_map.flatten(1, 2).transpose(0, 1)])  # (side^2 + height * (width+1), D)
 
     def get_image_features(
         self,
@@ -644,6 +649,8 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "anyres_grid",
+    "pack_anyres",
     "LlavaCausalLMOutputWithPast",
     "LlavaForConditionalGeneration",
     "LlavaModel",

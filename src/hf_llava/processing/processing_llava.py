@@ -182,7 +182,7 @@ class LlavaProcessor(ProcessorMixin):
     def anyres_num_image_tokens(self, image_size: tuple[int, int], tile_size: tuple[int, int]) -> int:
         """Visual tokens the model packs for an original image of `image_size` (height, width) cut into tiles of
         `tile_size` pixels (the tower's input): the overview's, then per `patch_merge_type` the grid's (see
-        `LlavaModel._pack_anyres`; the unpadding arithmetic is transformers' `unpad_image`)."""
+        `modeling_llava.pack_anyres`; the unpadding arithmetic is transformers' `unpad_image`)."""
         if self.patch_size is None:
             raise ValueError("LlavaProcessor needs the tower's patch_size to count AnyRes tokens.")
         height, width = (int(x) for x in image_size)
