@@ -148,3 +148,54 @@ for _name in dir(ModelTesterMixin):
     for _prefix, _reason in _SKIPPED_FAMILIES.items():
         if _name.startswith(_prefix):
             setattr(LlavaForConditionalGenerationCommonTest, _name, unittest.skip(_reason)(lambda self: None))
+
+
+class LlavaNextModelTester(LlavaModelTester):
+    """As `LlavaModelTester`, for an AnyRes (LLaVA-NeXT) config, as transformers' llava_next tester: square images of
+    the tower's size, which take the 1x2 grid (3 tiles of the 5 `max_tiles`), with their `image_sizes`."""
+
+    def __init__(self, parent):
+        super().__init__(parent)
+        processor = tiny.build_processor(_TOKENIZER, self.get_config())
+        self.num_image_tokens = processor.anyres_num_image_tokens((self.image_size,) * 2, (self.image_size,) * 2)
+        self.seq_length = self.encoder_seq_length = _TEXT_LENGTH + self.num_image_tokens
+
+    def get_config(self) -> LlavaConfig:
+        config = tiny.build_config(_TOKENIZER, image_size=16, patch_size=4, image_aspect_ratio="anyres")
+        config.image_token_index = 0
+        return config
+
+    def prepare_config_and_inputs(self):
+        config = self.get_config()
+        pixel_values = floats_tensor([self.batch_size, config.max_tiles, self.num_channels, self.image_size,
+                                      self.image_size])
+        return config, pixel_values
+
+    def prepare_config_and_inputs_for_common(self):
+        config, inputs = super().prepare_config_and_inputs_for_common()
+        inputs["image_sizes"] = torch.tensor([[self.image_size, self.image_size]] * self.batch_size)
+        return config, inputs
+
+
+class LlavaNextCommonTest(LlavaForConditionalGenerationCommonTest):
+    """The same suites on an AnyRes model (transformers runs them on its llava_next)."""
+
+    additional_model_inputs = ["pixel_values", "image_sizes"]
+    # the tower sees tiles (3 per image here), not images, so its output's first dimension is no batch size (what
+    # transformers' suites do for models whose tower sees patches or tiles)
+    skip_test_image_features_output_shape = True
+
+    def setUp(self):
+        super().setUp()
+        self.model_tester = LlavaNextModelTester(self)
+
+    def test_mismatching_num_image_tokens(self):
+        """As transformers' llava_next test: an image missing for its tokens is an error naming the counts."""
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        for model_class in self.all_model_classes:
+            model = model_class(config).eval()
+            model(**copy.deepcopy(inputs))
+            one_image_short = dict(inputs, pixel_values=inputs["pixel_values"][-1:], image_sizes=inputs[
+                "image_sizes"][-1:])
+            with self.assertRaisesRegex(ValueError, "image tokens"):
+                model(**one_image_short)
