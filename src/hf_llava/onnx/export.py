@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._io import atomic_output, check_output_folder
+from .._compat import image_features
 from .._extras import require
 from .._loading import is_adapter, load_llava_model, resolve_adapter_base
 from . import graphs
@@ -30,8 +31,11 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".o
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _MODEL_FILES = ("config.json", "generation_config.json")
 # transformers.js picks the model class, the KV-cache input names and the decoder sizes from `model_type`
-# (configs.js `getNormalizedConfig`, models/registry.js): it knows LLaVA as `llava`, not `hf_llava`.
+# (configs.js `getNormalizedConfig`, models/registry.js): it knows LLaVA as `llava`, not `hf_llava`. It has no
+# AnyRes packing (no `llava_next`): an AnyRes folder says `llava_next`, transformers' name, which transformers.js
+# refuses to load instead of running the tiles unpacked.
 TRANSFORMERS_JS_MODEL_TYPE = "llava"
+ANYRES_MODEL_TYPE = "llava_next"
 
 
 class ExportValidationError(ValueError):
@@ -152,7 +156,8 @@ def _copy_side_files(model_source: Path, out_dir: Path, model, processor, proces
     # `LlavaConfig` whatever `model_type` says, and transformers.js needs `llava` to load it.
     config_path = out_dir / "config.json"
     config = json.loads(config_path.read_text())
-    config["model_type"] = TRANSFORMERS_JS_MODEL_TYPE
+    anyres = model.config.image_aspect_ratio == "anyres"
+    config["model_type"] = ANYRES_MODEL_TYPE if anyres else TRANSFORMERS_JS_MODEL_TYPE
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -167,28 +172,53 @@ def _check_processor_loads(folder: Path) -> None:
         ) from error
 
 
-def _validation_inputs(config, seed: int = 0) -> dict:
-    """A left-padded batch of 2 prompts, each with one image: `input_ids`, `attention_mask`, `pixel_values`."""
+def _validation_images(model, generator: torch.Generator) -> tuple[dict, list[int]]:
+    """Two random images as the model takes them and each one's visual token count.
+
+    Fixed resolution: `pixel_values (2, 3, H, W)`, `num_image_tokens` each. AnyRes: `pixel_values (2, max_tiles, 3,
+    H, W)` and `image_sizes` of the widest and the tallest grid's shapes, cut by a quarter so that unpadding
+    removes rows of one and columns of the other; the counts are the PyTorch model's own packing.
+    """
+    config = model.config
+    size = config.vision_config.image_size
+    if config.image_aspect_ratio != "anyres":
+        pixel_values = torch.randn(2, 3, size, size, generator=generator)
+        return {"pixel_values": pixel_values}, [config.num_image_tokens] * 2
+    (wide_h, wide_w), (tall_h, tall_w) = (max(config.image_grid_pinpoints, key=lambda p: p[1] / p[0]),
+                                          max(config.image_grid_pinpoints, key=lambda p: p[0] / p[1]))
+    images = {
+        "pixel_values": torch.randn(2, config.max_tiles, 3, size, size, generator=generator),
+        "image_sizes": torch.tensor([[max(1, wide_h * 3 // 4), wide_w], [tall_h, max(1, tall_w * 3 // 4)]]),
+    }
+    with torch.no_grad():
+        packed = image_features(model.get_image_features(**images))  # a tuple of (tokens_i, hidden)
+    return images, [len(features) for features in packed]
+
+
+def _validation_inputs(model, seed: int = 0) -> dict:
+    """A left-padded batch of 2 prompts, each with one image: `input_ids`, `attention_mask`, `pixel_values` (and
+    AnyRes's `image_sizes`)."""
+    config = model.config
     generator = torch.Generator().manual_seed(seed)
     special = {config.image_token_id, config.text_config.eos_token_id, config.text_config.pad_token_id}
     vocab = [i for i in range(4, config.text_config.vocab_size) if i not in special]
-    n_image, pad = config.num_image_tokens, config.text_config.pad_token_id or 0
+    pad = config.text_config.pad_token_id or 0
+    images, counts = _validation_images(model, generator)
     rows = []
-    for n_text in (6, 3):
+    for n_text, n_image in zip((6, 3), counts):
         text = [vocab[int(i)] for i in torch.randint(len(vocab), (n_text,), generator=generator)]
         rows.append(text[:2] + [config.image_token_id] * n_image + text[2:])
     width = max(len(r) for r in rows)
     input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
     attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    size = config.vision_config.image_size
-    pixel_values = torch.randn(2, 3, size, size, generator=generator)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+    return {"input_ids": input_ids, "attention_mask": attention_mask, **images}
 
 
 def validate_export(
     model, export_dir: Union[str, Path], dtype: str = "fp32", device: str = "cpu", max_new_tokens: int = 8
 ) -> dict:
-    """Compare the exported graphs with `model` (PyTorch, fp32) on a left-padded batch of 2 image prompts.
+    """Compare the exported graphs with `model` (PyTorch, fp32) on a left-padded batch of 2 image prompts (AnyRes:
+    of two aspect ratios).
 
     Returns `{provider, dtype, max_abs_diff, relative_diff, tolerance, tokens_match}`; raises
     `ExportValidationError` when fp32 greedy tokens differ, logits are not finite, or the first-step logits
@@ -197,7 +227,7 @@ def validate_export(
     from .modeling_ort import ORTLlavaForConditionalGeneration
 
     ort_model = ORTLlavaForConditionalGeneration.from_pretrained(export_dir, provider=PROVIDERS[device], dtype=dtype)
-    inputs = _validation_inputs(model.config)
+    inputs = _validation_inputs(model)
     mask = inputs["attention_mask"].bool()
     with torch.no_grad():
         position_ids = (inputs["attention_mask"].cumsum(-1) - 1).masked_fill(~mask, 1)

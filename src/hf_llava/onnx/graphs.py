@@ -4,6 +4,11 @@ Owns: the wrapper modules (vision encoder + projector, token embeddings, decoder
 cache), the 4-D attention mask the decoder builds for itself, and the dynamic axes of the
 transformers.js / onnx-community layout (its names live in `layout.py`).
 
+AnyRes (LLaVA-NeXT): the vision graph maps tiles to their projected features, and (`spatial_unpad`) returns
+the learned `image_newline` as a second output, so that it travels with the graph's weights and dtype. The
+packing (grid, unpadding, newlines, overview first) depends on each image's size: it runs outside the graph,
+with `modeling_llava.pack_anyres`, as in PyTorch.
+
 Why not Optimum: optimum 2.1 / optimum-onnx 0.1 know no llava (no VLM) architecture, and their
 custom-config route exports one `PreTrainedModel.forward` per file; our three graphs are slices
 of one model (the projector inside the vision graph, the splice outside every graph), so we trace
@@ -16,6 +21,7 @@ tracing. A 4-D additive mask goes straight through (`create_causal_mask` returns
 given), so the graph is right for any batch, padding, prompt length and past length.
 """
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -24,18 +30,33 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from .._compat import CACHE_NAME, image_features
-from .layout import kv_shape, past_names, present_names
+from ..modeling import LlavaConfig
+from .layout import IMAGE_NEWLINE, kv_shape, past_names, present_names
 
 
 class VisionEncoder(nn.Module):
-    """`pixel_values (num_images, 3, H, W)` -> `image_features (num_images, num_image_tokens, hidden)`."""
+    """`pixel_values (num_images, 3, H, W)` -> `image_features (num_images, num_image_tokens, hidden)`.
+
+    AnyRes: `pixel_values (num_tiles, 3, H, W)` -> `image_features (num_tiles, tokens_per_tile, hidden)`, plus
+    `image_newline (hidden,)` for `spatial_unpad`.
+    """
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        base = model.model
+        self.image_newline = getattr(base, "image_newline", None)
+        if model.config.image_aspect_ratio == "anyres":
+            # A tile goes through the tower and the projector as a fixed-resolution image does: read the same
+            # modules (shared, not copied) under a fixed-resolution config; the model itself is left as it is.
+            base = copy.copy(base)
+            base.config = LlavaConfig.from_dict({**model.config.to_dict(), "image_aspect_ratio": "pad"})
+        self.base = base
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return image_features(self.model.get_image_features(pixel_values))
+    def forward(self, pixel_values: torch.Tensor):
+        features = image_features(self.base.get_image_features(pixel_values))
+        if self.image_newline is None:
+            return features
+        return features, self.image_newline  # exported as an Identity of the weight, named by `IMAGE_NEWLINE`
 
 
 class EmbedTokens(nn.Module):
@@ -120,12 +141,16 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names, output_name
 
 
 def export_vision_encoder(model, path: Path, opset: int) -> None:
-    """Writes `vision_encoder.onnx`: `pixel_values` -> `image_features` (projector included)."""
+    """Writes `vision_encoder.onnx`: `pixel_values` -> `image_features` (projector included); AnyRes: per tile,
+    and `image_newline` for `spatial_unpad`."""
     size = model.config.vision_config.image_size
     pixel_values = torch.randn(2, 3, size, size)
+    encoder = VisionEncoder(model)
+    rows = "num_tiles" if model.config.image_aspect_ratio == "anyres" else "num_images"
+    outputs = ["image_features"] + ([IMAGE_NEWLINE] if encoder.image_newline is not None else [])
     _export(
-        VisionEncoder(model), (pixel_values,), path, ["pixel_values"], ["image_features"],
-        {"pixel_values": {0: "num_images"}, "image_features": {0: "num_images"}}, opset,
+        encoder, (pixel_values,), path, ["pixel_values"], outputs,
+        {"pixel_values": {0: rows}, "image_features": {0: rows}}, opset,
     )
 
 

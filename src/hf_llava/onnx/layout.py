@@ -13,6 +13,8 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Max |logits_ort - logits_torch| on the first step, relative to max(1, max |logits_torch|).
 TOLERANCES = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.15}
 EXPORT_INFO = "onnx/export_info.json"
+# AnyRes `spatial_unpad`: the vision graph's second output, the learned vector closing each row of tile features.
+IMAGE_NEWLINE = "image_newline"
 
 
 def onnx_file(dtype: str, graph: str) -> str:

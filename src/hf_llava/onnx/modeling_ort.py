@@ -1,7 +1,8 @@
 """`ORTLlavaForConditionalGeneration`: generation with the three exported graphs on ONNX Runtime.
 
-Owns: loading the sessions (provider, dtype variant), the image splice outside the graphs, the
-decoding loop and its KV cache (numpy on CPU; OrtValues kept on the GPU through IOBinding on CUDA).
+Owns: loading the sessions (provider, dtype variant), the image splice outside the graphs (AnyRes: the
+tiles' packing, with PyTorch's own `pack_anyres`), the decoding loop and its KV cache (numpy on CPU;
+OrtValues kept on the GPU through IOBinding on CUDA).
 
 Why a loop of our own rather than `GenerationMixin`: `GenerationMixin` drives a torch module whose
 cache is a `transformers.Cache` of torch tensors (plus `device`, parameters, `cache_position`
@@ -15,6 +16,7 @@ fields in `SUPPORTED_FIELDS` behave as in transformers and greedy output equals
 
 import copy
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -41,7 +43,9 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .._compat import complete_generation_config
 from .._extras import require
-from .layout import DTYPES, EXPORT_INFO, GRAPH_NAMES, kv_shape, onnx_file, past_names, present_names
+from ..modeling import LlavaConfig
+from ..modeling.modeling_llava import LlavaModel, anyres_grid, pack_anyres
+from .layout import DTYPES, EXPORT_INFO, GRAPH_NAMES, IMAGE_NEWLINE, kv_shape, onnx_file, past_names, present_names
 
 ort = require("onnxruntime", "onnx", "ONNX Runtime inference")
 logger = logging.getLogger(__package__)  # "hf_llava.onnx"
@@ -112,8 +116,6 @@ class ORTLlavaForConditionalGeneration:
         without CUDA): the provider actually used is `self.provider`, and a warning says so. The graph files
         loaded and the provider are logged (logger `hf_llava.onnx`, INFO).
         """
-        from hf_llava.modeling import LlavaConfig
-
         path = Path(path)
         if not (path / EXPORT_INFO).is_file():
             raise FileNotFoundError(
@@ -153,12 +155,38 @@ class ORTLlavaForConditionalGeneration:
 
     # graphs
 
-    def get_image_features(self, pixel_values) -> np.ndarray:
-        """`(num_images, 3, H, W)` -> `(num_images, num_image_tokens, hidden)`."""
+    def _run_vision(self, pixel_values) -> list[np.ndarray]:
         dtype = _ORT_TYPES[self.vision_session.get_inputs()[0].type]
-        return self.vision_session.run(None, {"pixel_values": _numpy(pixel_values).astype(dtype)})[0]
+        return self.vision_session.run(None, {"pixel_values": _numpy(pixel_values).astype(dtype)})
 
-    def embed(self, input_ids: np.ndarray, pixel_values=None) -> np.ndarray:
+    def get_image_features(self, pixel_values, image_sizes=None) -> Union[np.ndarray, tuple[np.ndarray, ...]]:
+        """`(num_images, 3, H, W)` -> `(num_images, num_image_tokens, hidden)`.
+
+        AnyRes: `pixel_values (num_images, max_tiles, 3, H, W)` (or the images' tiles concatenated) with
+        `image_sizes (num_images, 2)` (height, width) -> a tuple of packed `(tokens_i, hidden)`, one per image, as
+        PyTorch's `get_image_features`: the graph encodes the tiles, `pack_anyres` lays them out.
+        """
+        if self.config.image_aspect_ratio != "anyres":
+            return self._run_vision(pixel_values)[0]
+        if image_sizes is None:
+            raise ValueError("This is an AnyRes (LLaVA-NeXT) export: pass `image_sizes` (height, width of each "
+                             "original image) with `pixel_values`; LlavaProcessor returns both.")
+        pixel_values = torch.as_tensor(_numpy(pixel_values))
+        sizes = [tuple(int(x) for x in size) for size in torch.as_tensor(image_sizes).tolist()]
+        if pixel_values.dim() == 5 and len(sizes) != pixel_values.shape[0]:
+            raise ValueError(f"{pixel_values.shape[0]} image(s) in pixel_values {tuple(pixel_values.shape)} but "
+                             f"{len(sizes)} in image_sizes: pass one (height, width) per image.")
+        tiles_per_image = [math.prod(anyres_grid(size, self.config)) + 1 for size in sizes]
+        tiles = LlavaModel._used_tiles(pixel_values, tiles_per_image)  # (total_tiles, C, H, W)
+        names = [output.name for output in self.vision_session.get_outputs()]
+        outputs = {name: torch.from_numpy(value) for name, value in zip(names, self._run_vision(tiles))}
+        features = outputs["image_features"]  # (total_tiles, tokens_per_tile, hidden)
+        return tuple(
+            pack_anyres(tile_features, size, self.config, outputs.get(IMAGE_NEWLINE)).numpy()
+            for tile_features, size in zip(torch.split(features, tiles_per_image), sizes)
+        )
+
+    def embed(self, input_ids: np.ndarray, pixel_values=None, image_sizes=None) -> np.ndarray:
         """`input_ids (B, T)` -> `inputs_embeds (B, T, hidden)`, image features written at the image tokens."""
         embeds = self.embed_session.run(None, {"input_ids": input_ids.astype(np.int64)})[0]
         is_image = input_ids == self.config.image_token_id
@@ -169,12 +197,18 @@ class ORTLlavaForConditionalGeneration:
                     "processor's pixel_values, or a prompt without '<image>'."
                 )
             return embeds
-        features = self.get_image_features(pixel_values)  # (N, tokens, H)
-        if int(is_image.sum()) != features.shape[0] * features.shape[1]:
+        features = self.get_image_features(pixel_values, image_sizes)
+        if isinstance(features, tuple):  # AnyRes: each image's own count
+            counts = [len(f) for f in features]
+            expected = f"{len(counts)} image(s) packed to {counts} tokens (AnyRes: by each image's size)"
+            features = np.concatenate(features)  # (total_image_tokens, H)
+        else:  # (N, tokens, H)
+            counts = [features.shape[1]] * features.shape[0]
+            expected = f"{features.shape[0]} image(s) x {features.shape[1]} tokens"
+        if int(is_image.sum()) != sum(counts):
             raise ValueError(
-                f"The prompt has {int(is_image.sum())} image tokens (id {self.config.image_token_id}) but "
-                f"{features.shape[0]} image(s) x {features.shape[1]} tokens = {features.shape[0] * features.shape[1]} "
-                "were expected; put one '<image>' per image and let LlavaProcessor expand it."
+                f"The prompt has {int(is_image.sum())} image tokens (id {self.config.image_token_id}) but {expected} "
+                f"= {sum(counts)} were expected; put one '<image>' per image and let LlavaProcessor expand it."
             )
         # row-major order, as torch.masked_scatter
         embeds[is_image] = features.reshape(-1, features.shape[-1]).astype(embeds.dtype)
@@ -210,12 +244,14 @@ class ORTLlavaForConditionalGeneration:
         logits, *present = binding.get_outputs()
         return logits.numpy(), present
 
-    def first_step_logits(self, input_ids, attention_mask=None, pixel_values=None, **_) -> np.ndarray:
+    def first_step_logits(
+        self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, **_
+    ) -> np.ndarray:
         """Prefill logits `(B, T, vocab)` for a prompt (what validation compares with PyTorch)."""
         input_ids = _numpy(input_ids)
         attention_mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask)
         position_ids = np.where(attention_mask == 0, 1, attention_mask.cumsum(-1) - 1)
-        embeds = self.embed(input_ids, _numpy(pixel_values))
+        embeds = self.embed(input_ids, _numpy(pixel_values), image_sizes)
         return self.decode_step(embeds, attention_mask, position_ids, self._empty_past(len(input_ids)))[0]
 
     # generation
@@ -280,6 +316,7 @@ class ORTLlavaForConditionalGeneration:
         pixel_values=None,
         generation_config: Optional[GenerationConfig] = None,
         logits_processor: Optional[LogitsProcessorList] = None,
+        image_sizes=None,
         **kwargs,
     ) -> Union[torch.LongTensor, GenerateDecoderOnlyOutput]:
         """Greedy or sampled generation; `kwargs` are `GenerationConfig` fields (`max_new_tokens`, `do_sample`...).
@@ -289,12 +326,13 @@ class ORTLlavaForConditionalGeneration:
         `generation_config.json`.
 
         `input_ids`, `attention_mask` `(B, T)`, left-padded for batches; `pixel_values` `(num_images, 3, H, W)`
-        for the `<image>` tokens in row order. Returns `(B, T + new)`; finished rows are filled with the pad token.
+        for the `<image>` tokens in row order (AnyRes: `(num_images, max_tiles, 3, H, W)` with `image_sizes`).
+        Returns `(B, T + new)`; finished rows are filled with the pad token.
         With `return_dict_in_generate=True`: a `GenerateDecoderOnlyOutput` with `logits` / `scores` (one `(B, vocab)`
         per step) when `output_logits` / `output_scores` are set, as transformers.
         """
         config = copy.deepcopy(generation_config or self.generation_config)
-        unused = config.update(**{k: v for k, v in kwargs.items() if k not in ("image_sizes", "token_type_ids")})
+        unused = config.update(**{k: v for k, v in kwargs.items() if k != "token_type_ids"})
         if unused:
             raise TypeError(f"generate() got unknown arguments {sorted(unused)}; expected GenerationConfig fields.")
         complete_generation_config(config, self.generation_config)  # unset fields as transformers' generate fills them
@@ -316,7 +354,7 @@ class ORTLlavaForConditionalGeneration:
         processors = self._logits_processors(config, prompt_length, eos if len(eos) else None,
                                              logits_processor or LogitsProcessorList())
 
-        embeds = self.embed(ids.numpy(), _numpy(pixel_values))
+        embeds = self.embed(ids.numpy(), _numpy(pixel_values), image_sizes)
         position_ids = np.where(mask == 0, 1, mask.cumsum(-1) - 1)  # left padding, as transformers
         past = self._empty_past(batch)
         unfinished = torch.ones(batch, dtype=torch.bool)
@@ -347,6 +385,6 @@ class ORTLlavaForConditionalGeneration:
             )
         return ids
 
-    def __call__(self, input_ids, attention_mask=None, pixel_values=None, **_) -> torch.Tensor:
+    def __call__(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, **_) -> torch.Tensor:
         """Prefill logits `(B, T, vocab)` as a torch tensor."""
-        return torch.from_numpy(self.first_step_logits(input_ids, attention_mask, pixel_values))
+        return torch.from_numpy(self.first_step_logits(input_ids, attention_mask, pixel_values, image_sizes))
