@@ -63,6 +63,38 @@ def anyres_grid(image_size: tuple[int, int], config: LlavaConfig) -> tuple[int, 
     return height // tile, width // tile
 
 
+def anyres_tiles(
+    pixel_values: torch.Tensor, image_sizes, config: LlavaConfig
+) -> tuple[torch.Tensor, list[tuple[int, int]], list[int]]:
+    """AnyRes inputs -> (each image's own tiles concatenated `(total_tiles, C, H, W)`, the sizes as (height, width)
+    tuples, tiles per image). `pixel_values` `(images, max_tiles, C, H, W)` (padded across a batch: tiles past an
+    image's own are skipped) or `(total_tiles, C, H, W)`; `image_sizes` `(images, 2)`. Mismatches are errors."""
+    if image_sizes is None:
+        raise ValueError(
+            "This is an AnyRes (LLaVA-NeXT) model: pass `image_sizes` (height, width of each original image) with "
+            "`pixel_values`; LlavaProcessor returns both."
+        )
+    image_sizes = image_sizes.tolist() if hasattr(image_sizes, "tolist") else image_sizes
+    sizes = [(int(height), int(width)) for height, width in image_sizes]
+    tiles_per_image = [math.prod(anyres_grid(size, config)) + 1 for size in sizes]  # the overview + the grid
+    if pixel_values.dim() == 5:
+        if len(sizes) != pixel_values.shape[0]:
+            raise ValueError(f"{pixel_values.shape[0]} image(s) in pixel_values {tuple(pixel_values.shape)} but "
+                             f"{len(sizes)} in image_sizes: pass one (height, width) per image.")
+        if pixel_values.shape[1] < max(tiles_per_image):
+            raise ValueError(f"pixel_values {tuple(pixel_values.shape)} has {pixel_values.shape[1]} tile(s) per "
+                             f"image, but image_sizes ask for {tiles_per_image} (overview + grid): process the "
+                             "images with this model's processor (its image_grid_pinpoints).")
+        tiles = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, tiles_per_image)])
+    elif pixel_values.dim() == 4 and pixel_values.shape[0] == sum(tiles_per_image):
+        tiles = pixel_values
+    else:
+        raise ValueError(f"pixel_values {tuple(pixel_values.shape)}: an AnyRes model takes (images, tiles, C, H, W), "
+                         f"or (tiles, C, H, W) with the {sum(tiles_per_image)} tiles image_sizes ask for "
+                         f"({tiles_per_image}).")
+    return tiles, sizes, tiles_per_image
+
+
 def pack_anyres(
     tiles: torch.Tensor, image_size: tuple[int, int], config: LlavaConfig, image_newline: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -309,9 +341,25 @@ class LlavaModel(LlavaPreTrainedModel):
             raise ValueError(f"vision_feature_select_strategy={strategy!r}: expected 'default' or 'full'.")
         anyres = self.config.image_aspect_ratio == "anyres"
         if anyres:
-            image_sizes = self._image_sizes(image_sizes, pixel_values)
-            tiles_per_image = [math.prod(anyres_grid(size, self.config)) + 1 for size in image_sizes]
-            pixel_values = self._used_tiles(pixel_values, tiles_per_image)  # (total_tiles, C, H, W)
+            pixel_values, image_sizes, tiles_per_image = anyres_tiles(pixel_values, image_sizes, self.config)
+        tower, features = self._encode(pixel_values, layer, strategy, **tower_kwargs)
+        if anyres:  # (total_tiles, patches, text_hidden) -> one packed (tokens_i, text_hidden) per image
+            features = tuple(
+                pack_anyres(tiles, size, self.config, getattr(self, "image_newline", None))
+                for tiles, size in zip(torch.split(features, tiles_per_image), image_sizes)
+            )
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states or self.config.vision_config.output_hidden_states
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower.last_hidden_state,
+            pooler_output=features,
+            hidden_states=tower.hidden_states if output_hidden_states else None,
+            attentions=tower.attentions,
+        )
+
+    def _encode(self, pixel_values: torch.Tensor, layer, strategy: str, **tower_kwargs):
+        """`(N, C, H, W)` tower-sized images or tiles -> (the tower's output, their projected features
+        `(N, tokens, text_hidden)`)."""
         tower_kwargs = {k: v for k, v in tower_kwargs.items() if v is not None}
         # The whole tower runs, also the layers after the one LLaVA reads (-2: one of CLIP-L's 24): a model is
         # shared by threads and compiled graphs, so nothing about it changes during a call.
@@ -329,51 +377,13 @@ class LlavaModel(LlavaPreTrainedModel):
         selected = [hidden_states[i] for i in layers]
         if strategy == "default":
             selected = [hs[:, 1:] for hs in selected]
-        features = self.multi_modal_projector(selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1))
-        if anyres:  # (total_tiles, patches, text_hidden) -> one packed (tokens_i, text_hidden) per image
-            features = tuple(
-                pack_anyres(tiles, size, self.config, getattr(self, "image_newline", None))
-                for tiles, size in zip(torch.split(features, tiles_per_image), image_sizes)
-            )
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states or self.config.vision_config.output_hidden_states
-        return BaseModelOutputWithPooling(
-            last_hidden_state=tower.last_hidden_state,
-            pooler_output=features,
-            hidden_states=hidden_states if output_hidden_states else None,
-            attentions=tower.attentions,
-        )
+        return tower, self.multi_modal_projector(selected[0] if len(selected) == 1 else torch.cat(selected, dim=-1))
 
-    # --- AnyRes (LLaVA-NeXT) ---------------------------------------------------------------------------------------
-
-    def _image_sizes(self, image_sizes, pixel_values: torch.Tensor) -> list[tuple[int, int]]:
-        if image_sizes is None:
-            raise ValueError(
-                "This is an AnyRes (LLaVA-NeXT) model: pass `image_sizes` (height, width of each original image) with "
-                "`pixel_values`; LlavaProcessor returns both."
-            )
-        sizes = [tuple(int(x) for x in size) for size in image_sizes.tolist()] if torch.is_tensor(image_sizes) else [
-            tuple(int(x) for x in size) for size in image_sizes]
-        if pixel_values.dim() == 5 and len(sizes) != pixel_values.shape[0]:
-            raise ValueError(f"{pixel_values.shape[0]} image(s) in pixel_values {tuple(pixel_values.shape)} but "
-                             f"{len(sizes)} in image_sizes: pass one (height, width) per image.")
-        return sizes
-
-    @staticmethod
-    def _used_tiles(pixel_values: torch.Tensor, tiles_per_image: list[int]) -> torch.Tensor:
-        """`(images, max_tiles, C, H, W)` (padded across a batch) or `(total_tiles, C, H, W)` -> each image's own
-        tiles, concatenated `(sum(tiles_per_image), C, H, W)`."""
-        if pixel_values.dim() == 5:
-            if pixel_values.shape[1] < max(tiles_per_image):
-                raise ValueError(f"pixel_values {tuple(pixel_values.shape)} has {pixel_values.shape[1]} tile(s) per "
-                                 f"image, but image_sizes ask for {tiles_per_image} (overview + grid): process the "
-                                 "images with this model's processor (its image_grid_pinpoints).")
-            return torch.cat([pixels[:count] for pixels, count in zip(pixel_values, tiles_per_image)])
-        if pixel_values.dim() != 4 or pixel_values.shape[0] != sum(tiles_per_image):
-            raise ValueError(f"pixel_values {tuple(pixel_values.shape)}: an AnyRes model takes (images, tiles, C, H, "
-                             f"W), or (tiles, C, H, W) with the {sum(tiles_per_image)} tiles image_sizes ask for "
-                             f"({tiles_per_image}).")
-        return pixel_values
+    def tile_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`(N, C, H, W)` tower-sized images, or AnyRes tiles, -> projected `(N, tokens_per_tile, text_hidden)`, with
+        the config's layer and strategy and no packing (what the ONNX vision graph computes)."""
+        config = self.config
+        return self._encode(pixel_values, config.vision_feature_layer, config.vision_feature_select_strategy)[1]
 
     def get_image_features(
         self,
@@ -650,6 +660,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "anyres_grid",
+    "anyres_tiles",
     "pack_anyres",
     "LlavaCausalLMOutputWithPast",
     "LlavaForConditionalGeneration",

@@ -21,7 +21,6 @@ tracing. A 4-D additive mask goes straight through (`create_causal_mask` returns
 given), so the graph is right for any batch, padding, prompt length and past length.
 """
 
-import copy
 import warnings
 from pathlib import Path
 
@@ -29,8 +28,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import DynamicCache
 
-from .._compat import CACHE_NAME, image_features
-from ..modeling import LlavaConfig
+from .._compat import CACHE_NAME
 from .layout import IMAGE_NEWLINE, kv_shape, past_names, present_names
 
 
@@ -43,17 +41,11 @@ class VisionEncoder(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        base = model.model
-        self.image_newline = getattr(base, "image_newline", None)
-        if model.config.image_aspect_ratio == "anyres":
-            # A tile goes through the tower and the projector as a fixed-resolution image does: read the same
-            # modules (shared, not copied) under a fixed-resolution config; the model itself is left as it is.
-            base = copy.copy(base)
-            base.config = LlavaConfig.from_dict({**model.config.to_dict(), "image_aspect_ratio": "pad"})
-        self.base = base
+        self.model = model
+        self.image_newline = getattr(model.model, "image_newline", None)
 
     def forward(self, pixel_values: torch.Tensor):
-        features = image_features(self.base.get_image_features(pixel_values))
+        features = self.model.model.tile_features(pixel_values)  # a tile goes through as a 1.5 image does
         if self.image_newline is None:
             return features
         return features, self.image_newline  # exported as an Identity of the weight, named by `IMAGE_NEWLINE`

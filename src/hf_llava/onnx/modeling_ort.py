@@ -16,7 +16,6 @@ fields in `SUPPORTED_FIELDS` behave as in transformers and greedy output equals
 
 import copy
 import logging
-import math
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -44,7 +43,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 from .._compat import complete_generation_config
 from .._extras import require
 from ..modeling import LlavaConfig
-from ..modeling.modeling_llava import LlavaModel, anyres_grid, pack_anyres
+from ..modeling.modeling_llava import anyres_tiles, pack_anyres
 from .layout import DTYPES, EXPORT_INFO, GRAPH_NAMES, IMAGE_NEWLINE, kv_shape, onnx_file, past_names, present_names
 
 ort = require("onnxruntime", "onnx", "ONNX Runtime inference")
@@ -168,16 +167,8 @@ class ORTLlavaForConditionalGeneration:
         """
         if self.config.image_aspect_ratio != "anyres":
             return self._run_vision(pixel_values)[0]
-        if image_sizes is None:
-            raise ValueError("This is an AnyRes (LLaVA-NeXT) export: pass `image_sizes` (height, width of each "
-                             "original image) with `pixel_values`; LlavaProcessor returns both.")
-        pixel_values = torch.as_tensor(_numpy(pixel_values))
-        sizes = [tuple(int(x) for x in size) for size in torch.as_tensor(image_sizes).tolist()]
-        if pixel_values.dim() == 5 and len(sizes) != pixel_values.shape[0]:
-            raise ValueError(f"{pixel_values.shape[0]} image(s) in pixel_values {tuple(pixel_values.shape)} but "
-                             f"{len(sizes)} in image_sizes: pass one (height, width) per image.")
-        tiles_per_image = [math.prod(anyres_grid(size, self.config)) + 1 for size in sizes]
-        tiles = LlavaModel._used_tiles(pixel_values, tiles_per_image)  # (total_tiles, C, H, W)
+        tiles, sizes, tiles_per_image = anyres_tiles(  # (total_tiles, C, H, W)
+            torch.as_tensor(_numpy(pixel_values)), image_sizes, self.config)
         names = [output.name for output in self.vision_session.get_outputs()]
         outputs = {name: torch.from_numpy(value) for name, value in zip(names, self._run_vision(tiles))}
         features = outputs["image_features"]  # (total_tiles, tokens_per_tile, hidden)
