@@ -1,5 +1,5 @@
 """LlavaDataCollator: labels equal the original LLaVA preprocess_plain / preprocess_v1, images, end of turn,
-truncation, bad images."""
+truncation, bad images, AnyRes (LLaVA-NeXT) batches."""
 
 import logging
 
@@ -41,11 +41,11 @@ def original_v1_labels(tokenizer, text):
     return target
 
 
-def _expand(values, ids, image_id, fill=IGNORE_INDEX):
-    """Repeat the single image position N_IMAGE times (the original expands inside the model)."""
+def _expand(values, ids, image_id, fill=IGNORE_INDEX, n=N_IMAGE):
+    """Repeat the single image position n times (the original expands inside the model)."""
     out = []
     for value, token in zip(values, ids):
-        out += [fill] * N_IMAGE if token == image_id else [value]
+        out += [fill] * n if token == image_id else [value]
     return out
 
 
@@ -219,3 +219,60 @@ def test_bad_image_policy(tmp_path, tiny_processor, caplog):
         batch2 = collator([ds[1]])  # a whole bad batch: the last good sample stands in
     assert batch["input_ids"].shape[0] == 1 and batch2["input_ids"].shape[0] == 1
     assert len(collator.skipped) == 2 and "'s1'" in collator.summary() and "img1.png" in collator.summary()
+
+
+def _next_rows(tmp_path, next_images):
+    """One row per NeXT test image (wide, tall, about square; one and two turns), then a text-only row."""
+    rows = []
+    for i, image in enumerate(next_images):
+        path = tmp_path / f"next{i}.png"
+        image.save(path)
+        rows.append({"id": f"n{i}", "image": str(path),
+                     "conversations": sample(i, turns=1 + i % 2, answer="The cat 12.")["conversations"]})
+    return rows + [{"id": "t", "image": None, "conversations": sample(3, image=False, answer="two")["conversations"]}]
+
+
+def test_anyres_batch_tiles_counts_and_labels(tmp_path, tokenizer, next_model, next_processor, next_images):
+    """LLaVA-NeXT: each image as it is (never padded to a square) in its own grid's tiles, zero tiles up to the
+    batch's largest count, `<image>` expanded to what the model packs for that image, labels as the original's."""
+    rows = _next_rows(tmp_path, next_images)
+    collator = LlavaDataCollator(next_processor, template="vicuna_v1", image_aspect_ratio="anyres")
+    batch = collator(rows)
+    assert batch["pixel_values"].shape == (3, 5, 3, 16, 16)  # (images, max tiles, C, H, W)
+    assert batch["image_sizes"].tolist() == [[18, 60], [40, 14], [33, 36]]  # (height, width), as the files are
+    tiles = []
+    for k, image in enumerate(next_images):  # transformers' own tiles of the image, unpadded
+        own = torch.from_numpy(next_processor.image_processor(image, do_pad=False)["pixel_values"][0])
+        tiles.append(own.shape[0])
+        assert torch.equal(batch["pixel_values"][k, :own.shape[0]], own.float())
+        assert not batch["pixel_values"][k, own.shape[0]:].any()
+    assert tiles == [4, 4, 5]  # overview + 1x3, 3x1, 2x2
+    with torch.no_grad():
+        features = next_model.model.get_image_features(batch["pixel_values"], image_sizes=batch["image_sizes"])
+        loss = next_model(**batch).loss
+    counts = [len(f) for f in getattr(features, "pooler_output", features)]  # 5.x returns the output object
+    image_id = next_processor.image_token_id
+    assert (batch["input_ids"] == image_id).sum(1).tolist() == counts + [0] and len(set(counts)) == 3
+    assert torch.isfinite(loss)
+    for i, row in enumerate(rows):
+        text, _ = collator.render_with_spans(row)
+        reference = tokenizer(text).input_ids
+        n = counts[i] if i < len(counts) else 0
+        length = int(batch["attention_mask"][i].sum())  # right padding: the row's tokens come first
+        assert batch["input_ids"][i, :length].tolist() == _expand(reference, reference, image_id, image_id, n)
+        assert batch["labels"][i, :length].tolist() == _expand(original_v1_labels(tokenizer, text), reference,
+                                                               image_id, n=n)
+        assert not batch["attention_mask"][i, length:].any() and (batch["labels"][i, length:] == IGNORE_INDEX).all()
+    # the processor's own setting (None) is AnyRes too: the same batch
+    same = LlavaDataCollator(next_processor, template="vicuna_v1")(rows)
+    assert all(torch.equal(same[key], batch[key]) for key in batch)
+
+
+def test_anyres_and_the_processor_must_agree(tiny_processor, next_processor):
+    # LlavaImageProcessor, LlavaImageProcessorPil on transformers 5.x
+    with pytest.raises(ValueError, match="image_aspect_ratio='anyres', but the processor's LlavaImageProcessor(Pil)? "
+                                         "has no image_grid_pinpoints"):
+        LlavaDataCollator(tiny_processor, image_aspect_ratio="anyres")
+    for ratio in ("pad", "square"):  # an AnyRes processor tiles: padding or cropping first would change the model
+        with pytest.raises(ValueError, match=f"image_aspect_ratio='{ratio}', but the processor is AnyRes"):
+            LlavaDataCollator(next_processor, image_aspect_ratio=ratio)

@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from hf_llava.data import load_llava_dataset
+from hf_llava.data import IMAGE_ASPECT_RATIOS, load_llava_dataset
+from hf_llava.modeling.configuration_llava import IMAGE_ASPECT_RATIOS as CONFIG_IMAGE_ASPECT_RATIOS
 
 from .conftest import sample, write_llava
 
@@ -78,3 +79,8 @@ def test_all_problems_reported_at_once(tmp_path):
     lines = str(err.value).splitlines()
     assert "3 problems in the LLaVA data, the first: sample 's1' (index 1): turn 0: unknown role 'system'" in lines[0]
     assert [line.strip().split(":")[0] for line in lines[1:]] == ["sample 's2' (index 2)", "sample 's3' (index 3)"]
+
+
+def test_the_data_pipelines_aspect_ratios_are_the_model_configs():
+    """Data may not import modeling, so it names the options itself: the same ones LlavaConfig takes."""
+    assert IMAGE_ASPECT_RATIOS == CONFIG_IMAGE_ASPECT_RATIOS

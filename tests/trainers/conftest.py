@@ -8,12 +8,14 @@ from hf_llava import tiny
 from hf_llava.data import load_llava_dataset
 
 
-def write_caption_data(tmp_path, n=8, caption="A red square.", name="chat.json"):
+def write_caption_data(tmp_path, n=8, caption="A red square.", name="chat.json", images=None):
+    """`n` captioned images (squares of growing size, or `images` in turn) and their LLaVA JSON."""
     folder = tmp_path / "images"
     folder.mkdir(exist_ok=True)
     records = []
     for i in range(n):
-        tiny.demo_image(36 + 4 * i, seed=i).save(folder / f"{i}.png")
+        image = tiny.demo_image(36 + 4 * i, seed=i) if images is None else images[i % len(images)]
+        image.save(folder / f"{i}.png")
         records.append({"id": f"c{i}", "image": f"{i}.png", "conversations": [
             {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption}]})
     path = tmp_path / name

@@ -1,12 +1,14 @@
-"""`LlavaDataCollator`: LLaVA samples -> padded `input_ids`, `attention_mask`, `labels`, `pixel_values`.
+"""`LlavaDataCollator`: LLaVA samples -> padded `input_ids`, `attention_mask`, `labels`, `pixel_values`
+(+ `image_sizes` for AnyRes).
 
 What it owns: turning LLaVA turns into chat messages (placing the image before or after the first
 question), rendering them with a LLaVA chat template, padding images to a square with the mean colour or not (per
-`image_aspect_ratio`, as the original's data pipeline does, before any image processor), tokenizing through
-the processor (which expands `<image>`), and the labels: -100 everywhere except the assistant answers and
-their end-of-turn (`ChatFormat.assistant_end`, which must be one special token of the tokenizer where the
-format says so). The answers' character spans come from rendering the conversation prefix by prefix; the
-token mask comes from the fast tokenizer's offsets. A sample whose mask cannot be built raises.
+`image_aspect_ratio`, as the original's data pipeline does, before any image processor; never for AnyRes, whose
+processor tiles the image as it is), tokenizing through the processor (which expands `<image>`, for AnyRes to
+each image's own count), padding AnyRes tiles across the batch, and the labels: -100 everywhere except the
+assistant answers and their end-of-turn (`ChatFormat.assistant_end`, which must be one special token of the
+tokenizer where the format says so). The answers' character spans come from rendering the conversation prefix
+by prefix; the token mask comes from the fast tokenizer's offsets. A sample whose mask cannot be built raises.
 Images are opened here, under the bad-image policy (`error` or `skip` with a count and a summary).
 """
 
@@ -44,13 +46,17 @@ class LlavaDataCollator:
             data put `<image>`).
         image_aspect_ratio: `"pad"` (pad to a square with the image processor's mean colour, then the image
             processor: LLaVA-1.5 stage 2, with any image processor), `"square"` (the image processor's resize +
-            centre crop, no pad: LLaVA-1.5 stage 1), or None (the processor's own setting).
+            centre crop, no pad: LLaVA-1.5 stage 1), `"anyres"` (LLaVA-NeXT: an AnyRes processor's tiles of the
+            image as it is; the processor must be AnyRes, and an AnyRes processor takes nothing else), or None
+            (the processor's own setting).
         seed: seeds `"random"`; the choice depends only on (seed, sample id), so it survives resume and workers.
         bad_image_policy: `"error"` raises on an unreadable image; `"skip"` drops the sample and counts it.
         padding_side: `"right"` (training default) or `"left"`.
 
     Returns (from `__call__`): `input_ids`, `attention_mask`, `labels` `(B, T)` and, when a sample has an image,
-    `pixel_values` `(num_images, 3, H, W)`; `data_report` (skipped / truncated-away samples of this batch) if
+    `pixel_values` `(num_images, 3, H, W)`; AnyRes: `pixel_values` `(num_images, max_tiles, 3, H, W)` (each image's
+    overview and grid tiles, zeros past its own up to the batch's largest count) and `image_sizes` `(num_images, 2)`
+    (height, width of each original image); `data_report` (skipped / truncated-away samples of this batch) if
     `report_in_batch` and there are any (the hf-llava trainers pop it before the forward and summarise it at the end).
     """
 
@@ -78,6 +84,7 @@ class LlavaDataCollator:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r}: expected 'left' or 'right'.")
         self.pad_colour, self.image_kwargs = _image_settings(processor, image_aspect_ratio)
+        self.anyres = bool(getattr(processor, "anyres", False))
         tokenizer = processor.tokenizer
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError("LlavaDataCollator needs a fast tokenizer (offsets); load it with use_fast=True.")
@@ -237,8 +244,9 @@ class LlavaDataCollator:
             images=present or None, text=[text for text, _ in rendered], return_offsets_mapping=True,
             **(self.image_kwargs if present else {}),
         )
-        pixel_values = list(out["pixel_values"]) if present else []
-        counts = [self.processor.num_image_tokens(*np.asarray(p).shape[-2:]) for p in pixel_values]
+        pixel_values = list(out["pixel_values"]) if present else []  # each (3, H, W); AnyRes: (tiles_i, 3, H, W)
+        image_sizes = list(out["image_sizes"]) if present and self.anyres else []
+        counts = self._image_token_counts(pixel_values, image_sizes)
         samples, next_image = [], 0
         for i, (row, (text, spans)) in enumerate(zip(rows, rendered)):
             ids, offsets = list(out["input_ids"][i]), out["offset_mapping"][i]
@@ -251,9 +259,18 @@ class LlavaDataCollator:
             sample = {"input_ids": ids, "labels": labels, "id": row["id"]}
             if images[i] is not None:
                 sample["pixel_values"] = np.asarray(pixel_values[next_image])
+                if self.anyres:
+                    sample["image_sizes"] = [int(x) for x in image_sizes[next_image]]
                 next_image += 1
             samples.append(sample)
         return samples
+
+    def _image_token_counts(self, pixel_values: list, image_sizes: list) -> list[int]:
+        """Each image's visual tokens, as the processor counts them (AnyRes: by the original image's size)."""
+        if self.anyres:
+            return [self.processor.anyres_num_image_tokens(size, np.asarray(p).shape[-2:])
+                    for p, size in zip(pixel_values, image_sizes)]
+        return [self.processor.num_image_tokens(*np.asarray(p).shape[-2:]) for p in pixel_values]
 
     def __call__(self, rows: list[dict]) -> dict[str, Any]:
         """Rows -> a padded batch. With `report_in_batch`, what this call skipped or truncated away rides
@@ -295,8 +312,13 @@ class LlavaDataCollator:
                 batch[key].append(values + [fill] * n if self.padding_side == "right" else [fill] * n + values)
         out = {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
         pixels = [s["pixel_values"] for s in samples if "pixel_values" in s]
+        if pixels and self.anyres:  # each (tiles_i, 3, H, W): zero tiles up to the batch's largest count
+            tiles = max(p.shape[0] for p in pixels)
+            pixels = [np.concatenate([p, np.zeros((tiles - p.shape[0], *p.shape[1:]), p.dtype)]) for p in pixels]
+            out["image_sizes"] = torch.tensor([s["image_sizes"] for s in samples if "image_sizes" in s],
+                                              dtype=torch.long)  # (num_images, 2)
         if pixels:
-            out["pixel_values"] = torch.from_numpy(np.stack(pixels)).float()  # (num_images, 3, H, W)
+            out["pixel_values"] = torch.from_numpy(np.stack(pixels)).float()  # (num_images, [max_tiles,] 3, H, W)
         return out
 
 
@@ -305,13 +327,28 @@ def _image_settings(processor, image_aspect_ratio: Optional[str]) -> tuple[Optio
 
     We pad ourselves, as the original's data pipeline does, so `"pad"` works with any image processor
     (CLIP's, SigLIP's); a `LlavaImageProcessor`'s own padding (the same pixels) is turned off. None keeps the
-    processor's own setting.
+    processor's own setting. AnyRes: no padding to a square, and the tiles are padded across the batch by `pad`
+    (the `LlavaNextImageProcessor`'s `do_pad` off); the processor and `image_aspect_ratio` must agree on AnyRes.
     """
-    if image_aspect_ratio is None:
-        return None, {}
-    if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
+    if image_aspect_ratio is not None and image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
         raise ValueError(f"image_aspect_ratio={image_aspect_ratio!r}: expected one of {IMAGE_ASPECT_RATIOS}.")
     image_processor = getattr(processor, "image_processor", None)
+    if getattr(processor, "anyres", False):
+        if image_aspect_ratio not in (None, "anyres"):
+            raise ValueError(
+                f"image_aspect_ratio={image_aspect_ratio!r}, but the processor is AnyRes (LLaVA-NeXT: its "
+                f"{type(image_processor).__name__} cuts each image into tiles at image_grid_pinpoints); pass "
+                "image_aspect_ratio='anyres'."
+            )
+        return None, {"do_pad": False}
+    if image_aspect_ratio == "anyres":
+        raise ValueError(
+            f"image_aspect_ratio='anyres', but the processor's {type(image_processor).__name__} has no "
+            "image_grid_pinpoints, so images cannot be cut into AnyRes tiles: use the processor of a LLaVA-NeXT model "
+            "(a LlavaNextImageProcessor), or image_aspect_ratio='pad'."
+        )
+    if image_aspect_ratio is None:
+        return None, {}
     kwargs = {"do_pad": False} if hasattr(image_processor, "pad_to_square") else {}  # LlavaImageProcessor's switch
     return (mean_colour(image_processor) if image_aspect_ratio == "pad" else None), kwargs
 

@@ -28,8 +28,10 @@ BAD_IMAGE_POLICIES = ("error", "skip")
 # Where the image goes in the first turn: LLaVA-1.5's code puts it first whatever the JSON says ("before"),
 # the paper randomises it ("random"), "keep" follows the JSON's `<image>`.
 IMAGE_POSITIONS = ("before", "random", "keep")
-# LLaVA-1.5's `image_aspect_ratio`: "pad" to a square with the mean colour, "square" = resize + centre crop.
-IMAGE_ASPECT_RATIOS = ("pad", "square")
+# How images reach the tower (`image_aspect_ratio`): "pad" to a square with the mean colour (LLaVA-1.5),
+# "square" = resize + centre crop, "anyres" = LLaVA-NeXT's tiles (an AnyRes processor). The same names as
+# `LlavaConfig.image_aspect_ratio` (modeling), which data may not import; a test keeps the two equal.
+IMAGE_ASPECT_RATIOS = ("pad", "square", "anyres")
 _MAX_REPORTED = 20
 
 

@@ -9,7 +9,7 @@ import logging
 import os
 
 from ..data.llava_json import BAD_IMAGE_POLICIES, IMAGE_ASPECT_RATIOS, IMAGE_POSITIONS
-from .recipe import LORA, STAGE1, STAGE2, stage_defaults
+from .recipe import LORA, NEXT, STAGE1, STAGE2, stage_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ _CONFIG_FLAGS = (
      "JSON puts <image>)"),
     ("--image-aspect-ratio", "image_aspect_ratio", IMAGE_ASPECT_RATIOS,
      "square: resize + centre crop (recipe, stage 1); pad: pad to a square with the mean colour first (recipe, "
-     "stage 2)"),
+     "stage 2); anyres: LLaVA-NeXT's tiles (an AnyRes --model, or one built from --vision-tower)"),
     ("--bad-image-policy", "bad_image_policy", BAD_IMAGE_POLICIES,
      "an unreadable or missing image: stop (error) or drop the sample and count it (skip)"),
 )
@@ -82,6 +82,9 @@ def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
         parser.add_argument("--lora-alpha", type=int, default=LORA["lora_alpha"], help="LoRA alpha (scale alpha / r)")
         parser.add_argument("--merge-lora", action="store_true", help="also write the merged model to OUTPUT/merged")
         parser.add_argument("--tune-vision-tower", action="store_true", help="also train the vision tower")
+        parser.add_argument("--vision-tower-lr", type=float, default=None,
+                            help=f"the vision tower's learning rate; also trains the tower (LLaVA-NeXT: "
+                                 f"{NEXT['vision_tower_lr']} with --lr {NEXT['learning_rate']})")
         parser.add_argument("--freeze-llm", action="store_true", help="keep the language model frozen")
 
 
@@ -109,7 +112,8 @@ def _config(args: argparse.Namespace):
         kwargs["projector_lr"] = args.projector_lr or LORA["projector_lr"]
     if stage1:
         return LlavaStage1Config(**kwargs)
-    return LlavaStage2Config(tune_vision_tower=args.tune_vision_tower, freeze_llm=args.freeze_llm, **kwargs)
+    return LlavaStage2Config(tune_vision_tower=args.tune_vision_tower, freeze_llm=args.freeze_llm,
+                             vision_tower_lr=args.vision_tower_lr, **kwargs)
 
 
 def _processor_folder(model: str) -> str:
@@ -118,6 +122,20 @@ def _processor_folder(model: str) -> str:
     from .._loading import is_adapter, resolve_adapter_base
 
     return resolve_adapter_base(model) if is_adapter(model) else model
+
+
+def _check_aspect_ratio(model: str, image_aspect_ratio: str) -> None:
+    """Refuse AnyRes images for a fixed-resolution model and the reverse (read from its config, before it loads)."""
+    from transformers import AutoConfig
+
+    saved = getattr(AutoConfig.from_pretrained(_processor_folder(model)), "image_aspect_ratio", "pad")
+    if saved == "anyres" and image_aspect_ratio != "anyres":
+        raise ValueError(f"model={model!r} is a LLaVA-NeXT (AnyRes) model, which takes images as tiles; pass "
+                         "image_aspect_ratio='anyres'.")
+    if saved != "anyres" and image_aspect_ratio == "anyres":
+        raise ValueError(f"image_aspect_ratio='anyres' needs an AnyRes model, but model={model!r} has "
+                         f"image_aspect_ratio {saved!r} in its config: build one with vision_tower=DIR and "
+                         "language_model=DIR (stage 2: with projector=FILE from stage 1).")
 
 
 def _check_model_source(args: argparse.Namespace) -> bool:
@@ -161,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_llava_dataset(args.data, image_folder=args.image_folder, bad_image_policy=args.bad_image_policy,
                                  source=f"--data {args.data}")
     config = _config(args)
+    if not built:
+        _check_aspect_ratio(args.model, config.image_aspect_ratio)
 
     from transformers import AutoProcessor
 
@@ -170,7 +190,10 @@ def run(args: argparse.Namespace) -> int:
         if built:
             from ..builder import from_vision_and_text
 
+            # `pad` builds LLaVA-1.5's processor, which also serves `square` (the collator skips its padding)
+            image_aspect_ratio = "anyres" if config.image_aspect_ratio == "anyres" else "pad"
             model, processor = from_vision_and_text(args.vision_tower, args.language_model,
+                                                    image_aspect_ratio=image_aspect_ratio,
                                                     projector_type=args.projector_type)
             if not stage1 and args.projector:
                 from .projector import load_projector

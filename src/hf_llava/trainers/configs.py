@@ -2,7 +2,8 @@
 
 Stage 1 (feature alignment): template `plain`, projector only, images resized and centre-cropped
 (`image_aspect_ratio="square"`). Stage 2 (instruction tuning): template `vicuna_v1`, projector + LLM, images
-padded to a square with the mean colour (`image_aspect_ratio="pad"`). Both: the recipe's schedule (warmup,
+padded to a square with the mean colour (`image_aspect_ratio="pad"`; `"anyres"`: LLaVA-NeXT's tiles, with
+`vision_tower_lr` for NeXT's tower at its own rate). Both: the recipe's schedule (warmup,
 cosine, no weight decay, one epoch) and `<image>\\n` before the first question (`image_position="before"`), as the
 1.5 training code does. TRL's dataset preparation is skipped (our collator tokenizes, masks and loads images)
 and the dataset's columns are kept for the collator.
@@ -15,7 +16,7 @@ import torch
 from trl import SFTConfig
 
 from ..data.llava_json import BAD_IMAGE_POLICIES, IMAGE_ASPECT_RATIOS, IMAGE_POSITIONS
-from .recipe import IMAGE_POSITION, LORA, RUN, SCHEDULE, STAGE1, STAGE2
+from .recipe import IMAGE_POSITION, LORA, NEXT, RUN, SCHEDULE, STAGE1, STAGE2
 
 # Optimizers that update inside backward or per layer: their parameter groups are not where the rates live.
 _NO_PARAM_GROUPS = ("lomo", "layerwise")
@@ -93,10 +94,11 @@ class _LlavaStageConfig(SFTConfig):
                               ("bad_image_policy", BAD_IMAGE_POLICIES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {allowed}.")
-        if self.projector_lr is not None and not optim_has_param_groups(self.optim):
-            optim = str(getattr(self.optim, "value", self.optim))
-            raise ValueError(f"projector_lr with optim={optim!r}: that optimizer takes no per-group learning rates; "
-                             "leave projector_lr unset or choose another optimizer.")
+        for rate in ("projector_lr", "vision_tower_lr"):
+            if getattr(self, rate, None) is not None and not optim_has_param_groups(self.optim):
+                optim = str(getattr(self.optim, "value", self.optim))
+                raise ValueError(f"{rate} with optim={optim!r}: that optimizer takes no per-group learning rates; "
+                                 f"leave {rate} unset or choose another optimizer.")
         if self.bf16 is None:  # TRL turns bf16 on by default; on CPU that is slow and changes the numerics
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
         if self.dataloader_pin_memory is None:  # pinning without an accelerator only makes torch warn
@@ -129,7 +131,8 @@ class _LlavaStageConfig(SFTConfig):
 
 @dataclass
 class LlavaStage1Config(_LlavaStageConfig):
-    """Stage 1 (feature alignment): only the projector trains; saves `mm_projector.safetensors`."""
+    """Stage 1 (feature alignment): only the projector (with AnyRes's `image_newline`) trains; saves
+    `mm_projector.safetensors`."""
 
     learning_rate: float = field(default=STAGE1["learning_rate"], metadata={"help": "Learning rate (the projector's)."})
     per_device_train_batch_size: int = field(default=STAGE1["per_device_train_batch_size"],
@@ -139,13 +142,14 @@ class LlavaStage1Config(_LlavaStageConfig):
     image_aspect_ratio: str = field(
         default=STAGE1["image_aspect_ratio"],
         metadata={"help": "square: resize + centre crop, no pad (LLaVA-1.5 stage 1); pad: pad to a square with "
-                          "the mean colour first (stage 2)."},
+                          "the mean colour first (stage 2); anyres: LLaVA-NeXT's tiles (an AnyRes model)."},
     )
 
 
 @dataclass
 class LlavaStage2Config(_LlavaStageConfig):
-    """Stage 2 (visual instruction tuning): projector + LLM train, the vision tower stays frozen."""
+    """Stage 2 (visual instruction tuning): projector + LLM train, the vision tower stays frozen (unless
+    `tune_vision_tower` or `vision_tower_lr`)."""
 
     learning_rate: float = field(
         default=STAGE2["learning_rate"],
@@ -157,10 +161,22 @@ class LlavaStage2Config(_LlavaStageConfig):
     image_aspect_ratio: str = field(
         default=STAGE2["image_aspect_ratio"],
         metadata={"help": "pad: pad to a square with the mean colour, then the image processor (LLaVA-1.5 stage "
-                          "2; any image processor); square: its resize + centre crop only (stage 1)."},
+                          "2; any image processor); square: its resize + centre crop only (stage 1); anyres: "
+                          "LLaVA-NeXT's tiles (an AnyRes model)."},
     )
     tune_vision_tower: bool = field(default=False, metadata={"help": "Also train the vision tower."})
+    vision_tower_lr: Optional[float] = field(
+        default=None,
+        metadata={"help": "Learning rate of the vision tower (its own parameter groups); setting it also trains the "
+                          f"tower (tune_vision_tower). LLaVA-NeXT's stage 2: {NEXT['vision_tower_lr']} beside "
+                          f"learning_rate {NEXT['learning_rate']}."},
+    )
     freeze_llm: bool = field(default=False, metadata={"help": "Keep the LLM frozen (projector only, stage-2 data)."})
+
+    def __post_init__(self):
+        if self.vision_tower_lr is not None:  # a rate for the tower is a request to train it
+            self.tune_vision_tower = True
+        super().__post_init__()
 
 
 __all__ = ["LlavaStage1Config", "LlavaStage2Config"]

@@ -1,7 +1,8 @@
 """Which parameters train in each stage, their optimizer groups, LoRA on the language model only, merging LoRA back.
 
 Parts are told apart by parameter name (they keep transformers' llava names, also under PEFT's wrapper):
-`vision_tower`, `multi_modal_projector`, everything else is the language model (`language_model`, `lm_head`).
+`vision_tower`, `multi_modal_projector` (with AnyRes's `image_newline`, a learned part of the visual tokens that
+trains with the projector), everything else is the language model (`language_model`, `lm_head`).
 """
 
 from typing import Iterable, Optional
@@ -17,10 +18,11 @@ GROUP_NAMES = {"language": "language_model", "vision": "vision_tower", "projecto
 
 
 def part_of(name: str) -> str:
-    """`"vision"`, `"projector"` or `"language"` for a parameter or module name."""
+    """`"vision"`, `"projector"` (the projector and AnyRes's `image_newline`) or `"language"` for a parameter or
+    module name."""
     if "vision_tower" in name:
         return "vision"
-    if "multi_modal_projector" in name:
+    if "multi_modal_projector" in name or name.split(".")[-1] == "image_newline":
         return "projector"
     return "language"
 
@@ -93,8 +95,10 @@ def check_lora_placement(model: nn.Module) -> None:
         )
 
 
-def split_param_groups(optimizer, model: nn.Module, projector_lr: Optional[float] = None) -> bool:
-    """Split `optimizer`'s parameter groups by part, name them (`GROUP_NAMES`), set the projector's rate.
+def split_param_groups(optimizer, model: nn.Module, projector_lr: Optional[float] = None,
+                       vision_tower_lr: Optional[float] = None) -> bool:
+    """Split `optimizer`'s parameter groups by part, name them (`GROUP_NAMES`), set the projector's and the vision
+    tower's rates (None: the group's own).
 
     Each group is copied per part with its other settings (weight decay, an optimizer's own keys) kept,
     so whatever `Trainer.create_optimizer` built (decay groups, GaLore groups, 8-bit optimizers) stays as
@@ -106,14 +110,15 @@ def split_param_groups(optimizer, model: nn.Module, projector_lr: Optional[float
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     if not grouped or any(id(p) not in part_by_id for p in grouped) or not trainable <= {id(p) for p in grouped}:
         return False
+    rates = {"projector": projector_lr, "vision": vision_tower_lr}
     groups = []
     for group in optimizer.param_groups:
         for part, name in GROUP_NAMES.items():
             params = [p for p in group["params"] if part_by_id[id(p)] == part]
             if params:
                 new = {**group, "params": params, "name": name}
-                if part == "projector" and projector_lr is not None:
-                    new["lr"] = projector_lr
+                if rates.get(part) is not None:
+                    new["lr"] = rates[part]
                     new.pop("initial_lr", None)  # a scheduler made later takes it from "lr"
                 groups.append(new)
     order = list(GROUP_NAMES.values())

@@ -1,5 +1,5 @@
-"""The LLaVA-1.5 recipe (its `scripts/v1_5/pretrain.sh` and `finetune.sh`) and hf-llava's run defaults: every
-number of the two stages' defaults, once.
+"""The LLaVA-1.5 recipe (its `scripts/v1_5/pretrain.sh` and `finetune.sh`), LLaVA-NeXT's stage-2 rates and
+hf-llava's run defaults: every number of the two stages' defaults, once.
 
 The stage configs (`configs.py`) take their defaults from here and the `train` command shows the same values
 in `--help`; this module imports nothing, so `hf-llava train --help` answers at once.
@@ -22,6 +22,10 @@ STAGE2 = {"learning_rate": 2e-5, "per_device_train_batch_size": 16, "template": 
           "image_aspect_ratio": "pad"}
 # LoRA variant of stage 2: LoRA on the language model, the projector fully trained at its own rate.
 LORA = {"r": 128, "lora_alpha": 256, "lora_dropout": 0.05, "learning_rate": 2e-4, "projector_lr": 2e-5}
+# LLaVA-NeXT (1.6; its release had no training code, these are the rates of the LLaVA-NeXT repository's stage-2
+# scripts): stage 1 as 1.5; stage 2 on AnyRes tiles, the language model (and projector) at 1e-5, the vision tower
+# trained too at its own 2e-6.
+NEXT = {"learning_rate": 1e-5, "vision_tower_lr": 2e-6, "image_aspect_ratio": "anyres"}
 IMAGE_POSITION = "before"  # the 1.5 code puts "<image>\n" first in the first turn, whatever the JSON says
 
 # hf-llava's own, where the scripts are tied to their cluster (a checkpoint every 24000 / 50000 steps, a log
@@ -36,4 +40,4 @@ def stage_defaults(stage: int) -> dict:
     return {**SCHEDULE, **RUN, "image_position": IMAGE_POSITION, **(STAGE1 if stage == 1 else STAGE2)}
 
 
-__all__ = ["IMAGE_POSITION", "LORA", "RUN", "SCHEDULE", "STAGE1", "STAGE2", "stage_defaults"]
+__all__ = ["IMAGE_POSITION", "LORA", "NEXT", "RUN", "SCHEDULE", "STAGE1", "STAGE2", "stage_defaults"]

@@ -1,7 +1,8 @@
 """`LlavaStage1Trainer` and `LlavaStage2Trainer`: TRL `SFTTrainer`s for LLaVA's two training stages.
 
 Each overrides the smallest hooks: freezing happens before `SFTTrainer.__init__` (the optimizer only takes
-trainable parameters), `create_optimizer` splits `Trainer`'s groups by part (projector learning rate),
+trainable parameters), `create_optimizer` splits `Trainer`'s groups by part (projector and vision tower learning
+rates),
 `log` adds each group's learning rate under its name, `_save` writes the projector alone beside the full
 (resumable) checkpoint in stage 1, `compute_loss` collects the batches' data reports (skipped images),
 summarised across processes at the end of `train`. Logging, checkpoints, resume, accelerate / DeepSpeed /
@@ -46,8 +47,13 @@ class _LlavaTrainer(SFTTrainer):
         tune_tower = getattr(args, "tune_vision_tower", False)
         if peft_config is not None:
             if tune_tower:
-                raise ValueError("tune_vision_tower with LoRA is not supported: LoRA targets the language model only.")
+                raise ValueError("tune_vision_tower (or vision_tower_lr) with LoRA is not supported: LoRA targets the "
+                                 "language model only.")
             ensure_projector_saved(peft_config)
+            if hasattr(getattr(model, "model", None), "image_newline"):
+                logger.warning("LoRA: the AnyRes image_newline keeps its current values (PEFT trains and saves whole "
+                               "modules such as the projector, not single parameters); it trains in stage 1 and in "
+                               "a full stage 2.")
         else:
             counts = set_trainable(model, stage_parts(self.stage, tune_tower, getattr(args, "freeze_llm", False)))
             logger.info("Stage %d trainable parameters: %s", self.stage, counts)
@@ -92,20 +98,24 @@ class _LlavaTrainer(SFTTrainer):
 
     def create_optimizer(self):
         """`Trainer.create_optimizer`, then its groups split by part and named (`learning_rate/<name>` in the
-        logs), the projector's at `args.projector_lr` when set."""
+        logs), the projector's at `args.projector_lr` and the vision tower's at `args.vision_tower_lr` when set."""
         optimizer = super().create_optimizer()
         if self._groups_split:  # called again (another `train()`): already done
             return optimizer
         self._groups_split = True
+        rates = {"projector_lr": self.args.projector_lr, "vision_tower_lr": getattr(self.args, "vision_tower_lr", None)}
+        given = {name: rate for name, rate in rates.items() if rate is not None}
         if self._optimizer_given:  # `optimizers=(optimizer, ...)`: the caller's groups are left as they are
-            if self.args.projector_lr is not None:
-                logger.warning("projector_lr is ignored: the optimizer was given to the trainer ready-made.")
+            if given:
+                logger.warning("%s ignored: the optimizer was given to the trainer ready-made.", " and ".join(given))
             return optimizer
         if not optim_has_param_groups(self.args.optim):  # LOMO, layer-wise: their own rates (the config refuses
-            return optimizer                              # projector_lr with them)
-        if not split_param_groups(optimizer, self.model, self.args.projector_lr) and self.args.projector_lr is not None:
-            raise ValueError(f"projector_lr={self.args.projector_lr}: the optimizer's parameter groups do not hold "
-                             "the model's parameters, so the projector cannot get its own rate.")
+            return optimizer                              # projector_lr / vision_tower_lr with them)
+        if not split_param_groups(optimizer, self.model, **rates) and given:
+            name, rate = next(iter(given.items()))
+            raise ValueError(f"{name}={rate}: the optimizer's parameter groups do not hold the model's parameters, so "
+                             f"the {'projector' if name == 'projector_lr' else 'vision tower'} cannot get its own "
+                             "rate.")
         return optimizer
 
     def _get_learning_rate(self):
@@ -142,7 +152,8 @@ class _LlavaTrainer(SFTTrainer):
 
 
 class LlavaStage1Trainer(_LlavaTrainer):
-    """Stage 1 (feature alignment): trains the projector only; `save_model` also writes `mm_projector.safetensors`."""
+    """Stage 1 (feature alignment): trains the projector only (with AnyRes's `image_newline`); `save_model` also
+    writes `mm_projector.safetensors`."""
 
     stage = 1
     config_class = LlavaStage1Config
@@ -156,7 +167,8 @@ class LlavaStage1Trainer(_LlavaTrainer):
 
 
 class LlavaStage2Trainer(_LlavaTrainer):
-    """Stage 2 (instruction tuning): projector + LLM (or LoRA on the LLM with `peft_config`), tower frozen."""
+    """Stage 2 (instruction tuning): projector + LLM (or LoRA on the LLM with `peft_config`), the tower frozen
+    unless `tune_vision_tower` / `vision_tower_lr` (LLaVA-NeXT)."""
 
     stage = 2
     config_class = LlavaStage2Config
