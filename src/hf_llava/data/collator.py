@@ -246,7 +246,7 @@ class LlavaDataCollator:
         )
         pixel_values = list(out["pixel_values"]) if present else []  # each (3, H, W); AnyRes: (tiles_i, 3, H, W)
         image_sizes = list(out["image_sizes"]) if present and self.anyres else []
-        counts = self._image_token_counts(pixel_values, image_sizes)
+        counts = self.processor.image_token_counts(out) if present else []
         samples, next_image = [], 0
         for i, (row, (text, spans)) in enumerate(zip(rows, rendered)):
             ids, offsets = list(out["input_ids"][i]), out["offset_mapping"][i]
@@ -264,13 +264,6 @@ class LlavaDataCollator:
                 next_image += 1
             samples.append(sample)
         return samples
-
-    def _image_token_counts(self, pixel_values: list, image_sizes: list) -> list[int]:
-        """Each image's visual tokens, as the processor counts them (AnyRes: by the original image's size)."""
-        if self.anyres:
-            return [self.processor.anyres_num_image_tokens(size, np.asarray(p).shape[-2:])
-                    for p, size in zip(pixel_values, image_sizes)]
-        return [self.processor.num_image_tokens(*np.asarray(p).shape[-2:]) for p in pixel_values]
 
     def __call__(self, rows: list[dict]) -> dict[str, Any]:
         """Rows -> a padded batch. With `report_in_batch`, what this call skipped or truncated away rides

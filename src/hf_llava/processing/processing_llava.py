@@ -202,6 +202,15 @@ class LlavaProcessor(ProcessorMixin):
             map_w -= 2 * ((map_w - int(round(width * (map_h / height), 7))) // 2)
         return per_tile + map_h * (map_w + 1)  # + an image_newline closing each row
 
+    def image_token_counts(self, image_inputs) -> list[int]:
+        """Each image's visual tokens, from the image processor's output (`pixel_values`, and `image_sizes` for
+        AnyRes, where the count follows the original image's size)."""
+        pixel_values = image_inputs["pixel_values"]
+        if self.anyres:
+            return [self.anyres_num_image_tokens(size, pixels.shape[-2:])
+                    for pixels, size in zip(pixel_values, image_inputs["image_sizes"])]
+        return [self.num_image_tokens(*pixels.shape[-2:]) for pixels in pixel_values]
+
     def expand_image_tokens(self, text: str, tokens_per_image: list[int]) -> tuple[str, list[int]]:
         """The one expansion: the i-th `image_token` of `text` becomes `tokens_per_image[i]` image tokens.
 
@@ -264,12 +273,7 @@ class LlavaProcessor(ProcessorMixin):
             )
         prompts = list(text)
         if num_images:
-            if self.anyres:
-                counts = [self.anyres_num_image_tokens(size, pixels.shape[-2:])
-                          for pixels, size in zip(image_inputs["pixel_values"], image_inputs["image_sizes"])]
-            else:
-                counts = [self.num_image_tokens(*pixels.shape[-2:]) for pixels in image_inputs["pixel_values"]]
-            counts = iter(counts)
+            counts = iter(self.image_token_counts(image_inputs))
             prompts = [self.expand_image_tokens(t, [next(counts) for _ in range(t.count(self.image_token))])[0]
                        for t in text]
 
