@@ -6,13 +6,16 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
+import hf_llava
 from hf_llava import tiny
 
 IMAGE_ID = 512  # `<image>` in the tiny tokenizer: the original tokenizer is the same minus this last token
-# Where transformers 4.57's llava keeps its weights on disk (llava-hf on the Hub, what vLLM / SGLang read).
+# Where transformers 4.57's llava (and llava_next: `image_newline`) keeps its weights on disk (llava-hf on the Hub,
+# what vLLM / SGLang read).
 LLAVA_ON_DISK = ("language_model.model.", "language_model.lm_head.", "vision_tower.vision_model.",
-                 "multi_modal_projector.")
+                 "multi_modal_projector.", "image_newline")
 
 
 def original_state(model) -> dict:
@@ -60,6 +63,29 @@ def original_config(model, **mm) -> dict:
     }
 
 
+def original_next_config(model, **mm) -> dict:
+    """An original LLaVA-NeXT config.json: the 1.5 fields plus AnyRes, its grid as the original lists it,
+    [width, height] pairs (ours are [height, width]); `mm` overrides."""
+    return original_config(model, **{
+        "image_aspect_ratio": "anyres",
+        "mm_patch_merge_type": model.config.patch_merge_type,
+        "image_grid_pinpoints": [[width, height] for height, width in model.config.image_grid_pinpoints],
+        "unfreeze_mm_vision_tower": True,
+        "mm_vision_tower_lr": 2e-6,
+        **mm,
+    })
+
+
+def write_original_next(path, model, tokenizer_dir, **mm):
+    """A full LLaVA-NeXT checkpoint of `model` at `path`, vision tower and `model.image_newline` saved (as the
+    released 1.6 ones, which trained the tower), one safetensors file."""
+    shutil.copytree(tokenizer_dir, path)
+    save_file({k: v.contiguous() for k, v in original_state(model).items()}, path / "model.safetensors",
+              metadata={"format": "pt"})
+    write_json(path / "config.json", original_next_config(model, **mm))
+    return path
+
+
 def write_json(path, data) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
@@ -91,6 +117,16 @@ def clip_dir(tmp_path, tiny_model, tiny_config, tokenizer):
     path = tmp_path / "clip"
     tiny_model.model.vision_tower.save_pretrained(path)
     tiny.build_processor(tokenizer, tiny_config, pad=False).image_processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def next_clip_dir(tmp_path, next_model, next_config, tokenizer):
+    """The NeXT tower's CLIP folder (16px tiles): its config and the image processor every tile goes through."""
+    path = tmp_path / "next-clip"
+    next_model.model.vision_tower.save_pretrained(path)
+    one_tile = hf_llava.LlavaConfig.from_dict({**next_config.to_dict(), "image_aspect_ratio": "square"})
+    tiny.build_processor(tokenizer, one_tile, pad=False).image_processor.save_pretrained(path)
     return path
 
 
@@ -164,6 +200,6 @@ def conv():
 
     return SimpleNamespace(
         IMAGE_ID=IMAGE_ID, LLAVA_ON_DISK=LLAVA_ON_DISK, original_state=original_state,
-        original_config=original_config, write_json=write_json,
+        original_config=original_config, write_original_next=write_original_next, write_json=write_json,
         with_mean_rows=with_mean_rows, assert_same_outputs=assert_same_outputs,
     )

@@ -21,6 +21,17 @@ def test_cli_round_trip(saved_llava, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_cli_next_round_trip_tells_llava_next_by_the_config(saved_next, tmp_path):
+    assert main(["convert", "--from", "hf-llava", "--to", "llava-hf", str(saved_next), str(tmp_path / "hf"),
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "llava_next"
+    assert isinstance(transformers.AutoProcessor.from_pretrained(tmp_path / "hf"), transformers.LlavaNextProcessor)
+    assert main(["convert", "--from", "llava-hf", "--to", "hf-llava", str(tmp_path / "hf"), str(tmp_path / "back"),
+                 "--no-progress"]) == 0
+    back = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert back == json.loads((saved_next / "config.json").read_text()) and back["image_aspect_ratio"] == "anyres"
+
+
 def test_cli_original_needs_model_base_for_a_projector(tmp_path, capsys):
     (tmp_path / "stage1").mkdir()
     (tmp_path / "stage1" / "mm_projector.bin").write_bytes(b"")

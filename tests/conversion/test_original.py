@@ -1,4 +1,5 @@
-"""Original LLaVA checkpoints (full, stage-1 projector, LoRA) -> hf-llava, compared with the model they came from."""
+"""Original LLaVA checkpoints (1.5 and NeXT; full, stage-1 projector, LoRA) -> hf-llava, compared with the model they
+came from."""
 
 import pytest
 import safetensors.torch
@@ -6,6 +7,7 @@ import torch
 import transformers
 
 import hf_llava
+from hf_llava import tiny
 from hf_llava._compat import pil_image_processor
 from hf_llava.conversion import ConversionError, convert_original_to_hf_llava
 
@@ -92,6 +94,57 @@ def test_lora_merged_onto_model_base(tmp_path, tiny_model, clip_dir, llama_base_
     embed = {"embed_tokens.weight": reference.model.language_model.embed_tokens.weight}  # with the <image> row
     reference.model.language_model.load_state_dict(merged.model.state_dict() | embed)
     conv.assert_same_outputs(model, reference, transformers.AutoProcessor.from_pretrained(out), images)
+
+
+# (patch_merge_type, grid as [height, width] or None for the released grids, grid written as the Python literal the
+# original also reads). The 1x3 / 2x2 grid has no mirror image: a pair read the wrong way round picks another grid.
+NEXT_CASES = [("spatial_unpad", None, False), ("spatial", [[16, 48], [32, 32]], False),
+              ("flat", [[16, 48], [32, 32]], True)]
+
+
+@pytest.mark.parametrize("merge, grid, literal", NEXT_CASES)
+def test_next_checkpoint_matches_source_model(tmp_path, tokenizer, next_config, original_tokenizer_dir, next_clip_dir,
+                                              next_images, merge, grid, literal, conv):
+    fields = {"patch_merge_type": merge, **({"image_grid_pinpoints": grid} if grid else {})}
+    config = hf_llava.LlavaConfig.from_dict({**next_config.to_dict(), **fields})
+    torch.manual_seed(0)
+    source = hf_llava.LlavaForConditionalGeneration(config).eval()
+    mm = {}
+    if literal:  # "[(48, 16), (32, 32)]": (width, height) tuples
+        mm["image_grid_pinpoints"] = str([(width, height) for height, width in config.image_grid_pinpoints])
+    src = conv.write_original_next(tmp_path / "llava-v1.6", source, original_tokenizer_dir, **mm)
+    out = convert_original_to_hf_llava(src, tmp_path / "out", vision_tower=next_clip_dir, progress=False)
+
+    model = transformers.AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = transformers.AutoProcessor.from_pretrained(out)
+    assert model.config.image_aspect_ratio == "anyres" and model.config.patch_merge_type == merge
+    assert model.config.image_grid_pinpoints == config.image_grid_pinpoints  # the checkpoint's grid, [height, width]
+    assert hasattr(model.model, "image_newline") == (merge == "spatial_unpad")
+    assert type(processor.image_processor) is pil_image_processor("LlavaNextImageProcessor")
+    assert processor.image_processor.image_grid_pinpoints == config.image_grid_pinpoints
+    assert processor.patch_merge_type == merge and processor.image_token_id == conv.IMAGE_ID
+    # the tiles go through the tower's resize, crop and normalisation, as the tiny NeXT processor's
+    expected = tiny.build_processor(tokenizer, config).image_processor(next_images, return_tensors="pt")
+    assert torch.equal(processor.image_processor(next_images, return_tensors="pt")["pixel_values"],
+                       expected["pixel_values"])
+    for image in next_images[:2]:  # a wide and a tall grid
+        conv.assert_same_outputs(model, conv.with_mean_rows(source), processor, [image])
+
+
+@pytest.mark.parametrize("mm, message", [
+    ({"image_grid_pinpoints": "(1x1),...,(3x3)"}, r"tile-range form .* \[width, height\] pairs"),
+    ({"image_grid_pinpoints": None}, r"image_grid_pinpoints=None; expected a list of \[width, height\] pairs"),
+    ({"image_grid_pinpoints": "336x672"}, r"image_grid_pinpoints='336x672'; expected a list of \[width, height\]"),
+    ({"mm_patch_merge_type": "spatial_unpad_max"}, "mm_patch_merge_type='spatial_unpad_max'; expected one of"),
+    ({"image_aspect_ratio": "anyres_max_9"}, "image_aspect_ratio='anyres_max_9'; expected 'pad', 'square' or"),
+    ({"image_aspect_ratio": "pad"}, "mm_patch_merge_type='spatial_unpad' with image_aspect_ratio='pad'"),
+])
+def test_next_settings_hf_llava_cannot_read_are_refused(tmp_path, next_model, original_tokenizer_dir, next_clip_dir,
+                                                        mm, message, conv):
+    src = conv.write_original_next(tmp_path / "llava-v1.6", next_model, original_tokenizer_dir, **mm)
+    with pytest.raises(ConversionError, match=message):
+        convert_original_to_hf_llava(src, tmp_path / "out", vision_tower=next_clip_dir, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_key_is_named(original_dir, clip_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Checkpoint conversion: original LLaVA (haotian-liu/LLaVA) -> hf-llava, llava-hf <-> hf-llava.
+"""Checkpoint conversion: original LLaVA (haotian-liu/LLaVA, 1.5 and NeXT) -> hf-llava, llava-hf (transformers'
+llava and llava_next) <-> hf-llava.
 
 Every conversion accounts for every key (an unused source key or an unfilled target parameter is a
 `ConversionError` naming them), writes safetensors shards one at a time, and builds DST in a temporary

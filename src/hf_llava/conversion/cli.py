@@ -13,9 +13,10 @@ _ROUTES = {
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Declare the `convert` sub-command's arguments."""
     parser.add_argument("--from", dest="source_format", required=True, choices=["original", "llava-hf", "hf-llava"],
-                        help="layout of SRC: original (haotian-liu/LLaVA), llava-hf (transformers) or hf-llava")
+                        help="layout of SRC: original (haotian-liu/LLaVA 1.5 / NeXT), llava-hf (transformers' llava "
+                        "or llava_next, told by its config) or hf-llava")
     parser.add_argument("--to", dest="target_format", required=True, choices=["hf-llava", "llava-hf"],
-                        help="layout to write at DST")
+                        help="layout to write at DST (llava-hf: llava_next for an anyres model, else llava)")
     parser.add_argument("src", metavar="SRC", help="source checkpoint folder (or an mm_projector.bin)")
     parser.add_argument("dst", metavar="DST", help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--vision-tower", help="original: local CLIP folder (default: the config's mm_vision_tower)")

@@ -1,12 +1,16 @@
-"""llava-hf (transformers' `LlavaForConditionalGeneration`, `model_type="llava"`) <-> hf-llava, lossless.
+"""llava-hf (transformers' `LlavaForConditionalGeneration`, `model_type="llava"`, and
+`LlavaNextForConditionalGeneration`, `model_type="llava_next"`) <-> hf-llava, lossless.
 
 Parameter names are the same on both sides, so a conversion is a config mapping plus a shard-by-shard
-copy of bit-identical tensors. Any layout `from_pretrained` reads on this transformers line is read
-(the one 4.57's `save_pretrained` writes, `language_model.model.*`, `language_model.lm_head.*`,
-`vision_tower.vision_model.*`, `multi_modal_projector.*`, or the in-memory names `model.language_model.*`...);
-the former is written, on 4.57 and 5.x alike, so a folder converted on one line loads on the other.
+copy of bit-identical tensors. The family follows the config: `llava_next` <-> `image_aspect_ratio="anyres"`
+(its `image_grid_pinpoints` carried both ways, `image_newline` among the tensors), `llava` <-> `pad` / `square`.
+Any layout `from_pretrained` reads on this transformers line is read (the one 4.57's `save_pretrained` writes,
+`language_model.model.*`, `language_model.lm_head.*`, `vision_tower.vision_model.*`, `multi_modal_projector.*`,
+`image_newline`, or the in-memory names `model.language_model.*`...); the former is written, on 4.57 and 5.x
+alike, so a folder converted on one line loads on the other.
 The processor (tokenizer files, image processor, patch size, strategy, chat template) is carried over.
-Only the `mlp2x_gelu` projector exists in transformers: others are refused.
+Only the `mlp2x_gelu` projector exists in transformers, and only the `spatial_unpad` packing in its
+`llava_next`: others are refused.
 Also home of `save_hf_llava_config`, which writes an hf-llava folder's config files.
 """
 
@@ -38,7 +42,18 @@ from .common import (
     write_converted,
 )
 
-_OUR_ONLY_FIELDS = ("projector_type", "image_aspect_ratio", "auto_map")
+_OUR_ONLY_FIELDS = ("projector_type", "image_aspect_ratio", "patch_merge_type", "auto_map")
+
+
+# transformers' families by `model_type`: llava (fixed resolution), llava_next (AnyRes, `spatial_unpad` only).
+_CLASS_PREFIXES = {"llava": "Llava", "llava_next": "LlavaNext"}
+
+
+def _transformers_classes(model_type: str) -> tuple[type, type, type]:
+    """(config, model, processor) classes of transformers' `model_type` family."""
+    prefix = _CLASS_PREFIXES[model_type]
+    return tuple(getattr(transformers, prefix + suffix) for suffix in ("Config", "ForConditionalGeneration",
+                                                                         "Processor"))
 
 
 def save_hf_llava_config(
@@ -85,7 +100,8 @@ def convert_llava_hf_to_hf_llava(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """A llava-hf folder (e.g. `llava-hf/llava-1.5-7b-hf`, downloaded) -> an hf-llava folder at `dst`.
+    """A llava-hf folder (e.g. `llava-hf/llava-1.5-7b-hf` or `llava-hf/llava-v1.6-mistral-7b-hf`, downloaded) ->
+    an hf-llava folder at `dst` (`llava_next`: an `anyres` one with the source's grid).
 
     Tensors are copied bit for bit; `chat_template` (a name from `CHAT_TEMPLATES` or Jinja) replaces the
     source's template, which is kept otherwise (`vicuna_v1` when the source has none).
@@ -94,10 +110,10 @@ def convert_llava_hf_to_hf_llava(
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src}: no config.json; pass a llava-hf model folder.")
     raw = read_json(src / "config.json")
-    if raw.get("model_type") != "llava":
+    if raw.get("model_type") not in _CLASS_PREFIXES:
         raise ConversionError(
-            f"{src}/config.json has model_type={raw.get('model_type')!r}; --from llava-hf expects 'llava' "
-            "(use --from original for haotian-liu/LLaVA checkpoints, or the folder is already hf-llava)."
+            f"{src}/config.json has model_type={raw.get('model_type')!r}; --from llava-hf expects 'llava' or "
+            "'llava_next' (use --from original for haotian-liu/LLaVA checkpoints, or the folder is already hf-llava)."
         )
     # Our class reads transformers' llava processor files too, with the PIL image processor and the tokenizer
     # as they are (transformers' own class would pick another image processor backend, with a notice).
@@ -108,7 +124,10 @@ def convert_llava_hf_to_hf_llava(
     # transformers writes 576 whatever the tower; ours derives it from the tower and checks it.
     fields.pop("image_seq_length", None)
     fields["projector_type"] = "mlp2x_gelu"
-    fields["image_aspect_ratio"] = "pad" if getattr(image_processor, "do_pad", False) else "square"
+    if raw["model_type"] == "llava_next":  # its grid (`image_grid_pinpoints`) is among the fields
+        fields.update(image_aspect_ratio="anyres", patch_merge_type="spatial_unpad")
+    else:
+        fields["image_aspect_ratio"] = "pad" if getattr(image_processor, "do_pad", False) else "square"
     config = LlavaConfig(**fields)
 
     template = chat_template or processor.chat_template or "vicuna_v1"
@@ -124,6 +143,7 @@ def convert_llava_hf_to_hf_llava(
         num_additional_image_tokens=getattr(processor, "num_additional_image_tokens", None)
         or config.num_additional_image_tokens,
         image_seq_length=config.num_image_tokens,
+        patch_merge_type=config.patch_merge_type,
     )
     expected = expected_state(LlavaForConditionalGeneration, config)
     loaded_name, saved_names = key_names(config)
@@ -144,8 +164,9 @@ def convert_hf_llava_to_llava_hf(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """An hf-llava folder -> a llava-hf folder that stock transformers loads
-    (`LlavaForConditionalGeneration` / `AutoProcessor` -> transformers' `LlavaProcessor`); no remote code."""
+    """An hf-llava folder -> a llava-hf folder that stock transformers loads without remote code:
+    `LlavaForConditionalGeneration` / `AutoProcessor` -> transformers' `LlavaProcessor`, or for an `anyres` model
+    `LlavaNextForConditionalGeneration` / `LlavaNextProcessor` (its grid carried over)."""
     src = Path(src)
     raw = read_json(src / "config.json") if (src / "config.json").is_file() else {}
     if raw.get("model_type") != LlavaConfig.model_type:
@@ -157,13 +178,23 @@ def convert_hf_llava_to_llava_hf(
             "projector (linear_1, GELU, linear_2), so this model has no llava-hf equivalent. Keep it in hf-llava "
             "format (it loads with trust_remote_code=True) or retrain with projector_type='mlp2x_gelu'."
         )
+    anyres = config.image_aspect_ratio == "anyres"
+    if anyres and config.patch_merge_type != "spatial_unpad":
+        raise ConversionError(
+            f"{src} has patch_merge_type={config.patch_merge_type!r}; transformers' llava_next packs AnyRes tiles "
+            "only as 'spatial_unpad' (with image_newline), so this model has no llava-hf equivalent. Keep it in "
+            "hf-llava format (it loads with trust_remote_code=True) or retrain with patch_merge_type='spatial_unpad'."
+        )
+    config_cls, model_cls, processor_cls = _transformers_classes("llava_next" if anyres else "llava")
     dropped = (*_OUR_ONLY_FIELDS, "model_type", "transformers_version")
+    if not anyres:
+        dropped += ("image_grid_pinpoints",)
     fields = {k: v for k, v in config.to_dict().items() if k not in dropped}
-    fields["architectures"] = ["LlavaForConditionalGeneration"]
-    target_config = transformers.LlavaConfig(**fields)
+    fields["architectures"] = [model_cls.__name__]
+    target_config = config_cls(**fields)
 
     ours = LlavaProcessor.from_pretrained(src)
-    processor = transformers.LlavaProcessor(
+    processor = processor_cls(
         image_processor=ours.image_processor,
         tokenizer=ours.tokenizer,
         patch_size=ours.patch_size,
@@ -172,15 +203,15 @@ def convert_hf_llava_to_llava_hf(
         image_token=ours.image_token,
         num_additional_image_tokens=ours.num_additional_image_tokens,
     )
-    expected = expected_state(transformers.LlavaForConditionalGeneration, target_config)
-    loaded_name, saved_names = key_names(config)  # transformers' llava has our parameter names (mlp2x_gelu)
+    expected = expected_state(model_cls, target_config)
+    loaded_name, saved_names = key_names(config)  # transformers' llava(_next) has our parameter names (mlp2x_gelu)
     with atomic_output(dst, overwrite) as tmp:
         write_converted(
             file_sources(weight_files(src), _map_key(expected, loaded_name)), expected, saved_names, tmp, src,
             max_shard_size, progress=progress,
         )
         target_config.save_pretrained(tmp)
-        # transformers' llava config saved on 5.x: the RoPE fields 4.57 reads too (ours writes them itself)
+        # transformers' config saved on 5.x: the RoPE fields 4.57 reads too (ours writes them itself)
         saved = read_json(Path(tmp) / "config.json")
         add_legacy_rope_fields(saved.get("text_config", {}))
         (Path(tmp) / "config.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")

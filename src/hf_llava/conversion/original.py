@@ -1,4 +1,5 @@
-"""Original LLaVA (haotian-liu/LLaVA, `LlavaLlamaForCausalLM`) checkpoints -> hf-llava folders.
+"""Original LLaVA (haotian-liu/LLaVA, `LlavaLlamaForCausalLM` / `LlavaMistralForCausalLM`; 1.5 and NeXT)
+checkpoints -> hf-llava folders.
 
 Three source kinds, told apart by the files in SRC:
 - full model: `config.json` (Llama fields + `mm_*`) and weights (`model.embed_tokens`, `model.layers.*`,
@@ -9,15 +10,20 @@ Three source kinds, told apart by the files in SRC:
   adapter's `base_model.model.model.layers.*` names are exactly those of a PEFT-wrapped
   `LlamaForCausalLM`, so PEFT applies it as is and handles scaling, rank patterns and rsLoRA).
 
+LLaVA-NeXT (`image_aspect_ratio: "anyres"`, `mm_patch_merge_type` `spatial_unpad` / `spatial` / `flat`,
+`model.image_newline`) becomes an `anyres` hf-llava model. The original treats sizes as (width, height) (PIL's
+`.size`), so each `image_grid_pinpoints` pair is swapped to our [height, width]; the checkpoint's grid is kept.
+
 The vision tower comes from the checkpoint when saved, else from `vision_tower` (a CLIP folder; its
-config and image processor are always read from there). The original tokenizer has no `<image>`
-token (it spliced at the sentinel -200): `<image>` (and `<pad>` when missing) are added and the
-embedding / lm_head rows of the new ids are set to the mean of the existing rows.
+config and image processor are always read from there; AnyRes applies the latter to every tile). The original
+tokenizer has no `<image>` token (it spliced at the sentinel -200): `<image>` (and `<pad>` when missing) are
+added and the embedding / lm_head rows of the new ids are set to the mean of the existing rows.
 
 Memory: full and stage-1 conversions stream one shard at a time; the LoRA path materialises the base
 LM (PEFT merges on a loaded model).
 """
 
+import ast
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +33,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..modeling import LlavaConfig, LlavaForConditionalGeneration
-from ..modeling.configuration_llava import projector_depth
+from ..modeling.configuration_llava import PATCH_MERGE_TYPES, projector_depth
 from ..processing import LlavaProcessor
 from ..builder import build_processor, tower_config
 from .._io import atomic_output
@@ -84,11 +90,21 @@ def _mm_settings(raw: Optional[dict], origin: Path, projector_keys: list[str]) -
             "Convert a LLaVA-1.5 (or later) checkpoint instead."
         )
     aspect = raw.get("image_aspect_ratio", "square")
-    if aspect not in ("pad", "square") or raw.get("mm_patch_merge_type", "flat") != "flat":
+    merge = raw.get("mm_patch_merge_type", "flat")  # the original's default
+    if aspect not in ("pad", "square", "anyres"):
+        raise ConversionError(f"{origin}: image_aspect_ratio={aspect!r}; expected 'pad', 'square' or 'anyres'.")
+    if aspect == "anyres" and merge not in PATCH_MERGE_TYPES:
+        raise ConversionError(f"{origin}: mm_patch_merge_type={merge!r}; expected one of "
+                              f"{', '.join(PATCH_MERGE_TYPES)} with image_aspect_ratio='anyres'.")
+    if aspect != "anyres" and merge != "flat":
         raise ConversionError(
-            f"{origin}: image_aspect_ratio={aspect!r} / mm_patch_merge_type={raw.get('mm_patch_merge_type')!r} "
-            "is LLaVA-NeXT's any-resolution scheme, which hf-llava does not implement; expected 'pad' or 'square'."
+            f"{origin}: mm_patch_merge_type={merge!r} with image_aspect_ratio={aspect!r}; a non-flat packing "
+            "applies to image_aspect_ratio='anyres' (LLaVA-NeXT) only. Expected 'flat' (or no mm_patch_merge_type)."
         )
+    next_fields = {} if aspect != "anyres" else {
+        "image_grid_pinpoints": _grid_pinpoints(raw.get("image_grid_pinpoints"), origin),
+        "patch_merge_type": merge,
+    }
     feature = raw.get("mm_vision_select_feature", "patch")
     strategies = {"patch": "default", "cls_patch": "full"}
     if feature not in strategies:
@@ -100,9 +116,35 @@ def _mm_settings(raw: Optional[dict], origin: Path, projector_keys: list[str]) -
         "vision_feature_layer": raw.get("mm_vision_select_layer", -1),
         "vision_feature_select_strategy": strategies[feature],
         "image_aspect_ratio": aspect,
+        "next": next_fields,  # LlavaConfig fields of AnyRes
         "mm_hidden_size": raw.get("mm_hidden_size"),
         "mm_vision_tower": raw.get("mm_vision_tower"),
     }
+
+
+def _grid_pinpoints(value, origin: Path) -> list[list[int]]:
+    """The original's `image_grid_pinpoints`, (width, height) pairs (or their Python literal as a string, which the
+    original evaluates) -> ours, [height, width] pairs in the same order (which breaks ties between grids)."""
+    example = "[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]"
+    pairs = value
+    if isinstance(value, str):
+        if re.search(r"\(\s*\d+\s*x\s*\d+\s*\)", value):
+            raise ConversionError(
+                f"{origin}: image_grid_pinpoints={value!r} is the tile-range form of later LLaVA-NeXT forks, which "
+                f"hf-llava does not read. Write the resolutions in config.json as [width, height] pairs in pixels, "
+                f"e.g. {example}."
+            )
+        try:
+            pairs = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pairs = None
+    try:
+        return [[int(height), int(width)] for width, height in pairs]
+    except (TypeError, ValueError):
+        raise ConversionError(
+            f"{origin}: image_aspect_ratio='anyres' with image_grid_pinpoints={value!r}; expected a list of "
+            f"[width, height] pairs in pixels, e.g. {example}."
+        ) from None
 
 
 def _projector_type_from_keys(keys: list[str], origin: Path) -> str:
@@ -134,6 +176,8 @@ def _map_original_key(expected: dict, loaded_name) -> KeyRule:
                 target = f"model.multi_modal_projector.linear_1.{parts[0]}"
             elif len(parts) == 2 and parts[0].isdigit() and int(parts[0]) % 2 == 0:  # Sequential(Linear, GELU, ...)
                 target = f"model.multi_modal_projector.linear_{int(parts[0]) // 2 + 1}.{parts[1]}"
+        elif key == "model.image_newline":  # NeXT's spatial_unpad row end
+            target = "image_newline"
         elif key.startswith("model.vision_tower.vision_tower."):
             target = "model.vision_tower." + key[len("model.vision_tower.vision_tower."):]
         elif key.startswith("model."):
@@ -254,6 +298,7 @@ def _processor(src: Path, lm_origin: Path, vision_path, chat_template: str, mm: 
         str(vision_path), str(tokenizer_origin), chat_template=chat_template,
         image_aspect_ratio=mm["image_aspect_ratio"],
         vision_feature_select_strategy=mm["vision_feature_select_strategy"],
+        **mm["next"],  # AnyRes: the grid and the packing
     )
     return processor, old_len
 
@@ -275,6 +320,7 @@ def _llava_config(
         image_aspect_ratio=mm["image_aspect_ratio"],
         pad_token_id=pad_token_id,
         dtype=dtype_name,
+        **mm["next"],
     )
 
 
@@ -300,7 +346,8 @@ def convert_original_to_hf_llava(
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
-    """An original LLaVA checkpoint (full, stage-1 `mm_projector.bin` or LoRA) -> an hf-llava folder at `dst`.
+    """An original LLaVA checkpoint (1.5 or NeXT; full, stage-1 `mm_projector.bin` or LoRA) -> an hf-llava folder
+    at `dst`.
 
     `vision_tower`: a local CLIP folder (defaults to the config's `mm_vision_tower`, resolved by
     transformers, i.e. from the HF cache when offline). `model_base`: the LM folder under a stage-1
