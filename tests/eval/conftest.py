@@ -1,4 +1,5 @@
-"""A real judge server on 127.0.0.1 (datagen's test server, answering reviews), a saved tiny LLaVA, bench inputs.
+"""A real judge server on 127.0.0.1 (datagen's test server, answering reviews), saved tiny LLaVA and LLaVA-NeXT
+folders, bench inputs.
 
 The judge answers each review request with the text scripted for the marker found in it (`reviews`), after
 the faults scripted for its first attempts (`script`, as in datagen's server: "429", or a literal reply
@@ -9,8 +10,9 @@ import json
 import time
 
 import pytest
+import torch
 
-from hf_llava import tiny
+from hf_llava import LlavaConfig, LlavaForConditionalGeneration, tiny
 from tests.datagen import conftest as datagen
 from tests.datagen.conftest import _Handler, write_jsonl
 
@@ -63,6 +65,24 @@ def llava_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval-model") / "tiny-llava"
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def next_dir(tmp_path_factory, tokenizer, next_config):
+    """A tiny random LLaVA-NeXT (the `next_config` AnyRes model) and its processor saved with save_pretrained.
+
+    Its LM is drawn with a wider initializer (std 0.2, not 0.02): at 0.02 the random LM answers every image with the
+    same words, so an answer given for the wrong image would go unnoticed; at 0.2 each image gets its own answer.
+    """
+    fields = next_config.to_dict()
+    fields["text_config"]["initializer_range"] = 0.2
+    config = LlavaConfig.from_dict(fields)
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(config).eval()
+    path = tmp_path_factory.mktemp("eval-next") / "tiny-llava-next"
+    model.save_pretrained(path)
+    tiny.build_processor(tokenizer, config).save_pretrained(path)
     return path
 
 

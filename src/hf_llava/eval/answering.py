@@ -1,7 +1,9 @@
 """The model side of every benchmark: loading a model folder and answering questions in batches.
 
 `--model` is a saved hf-llava folder (PyTorch) or an `hf-llava export-onnx` folder (ONNX Runtime); both
-answer through `.generate(input_ids, attention_mask, pixel_values, max_new_tokens=..., do_sample=False)`.
+answer through `.generate(input_ids, attention_mask, pixel_values, max_new_tokens=..., do_sample=False)`, with
+everything else the processor returns: a LLaVA-NeXT (AnyRes) processor adds `image_sizes`, and its `pixel_values`
+`(images, tiles, C, H, W)` are padded to the batch's largest tile count, so images of any aspect ratio share a batch.
 `answer_questions` renders each question with the model's own chat template (image first, as LLaVA's
 evaluation does), pads batches on the left and decodes greedily; `JournaledAnswers` adds the answers
 journal, so a killed run resumes and a finished one is never generated again.
