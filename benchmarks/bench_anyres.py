@@ -30,19 +30,17 @@ import transformers
 
 from hf_llava import LlavaConfig, LlavaForConditionalGeneration, tiny
 from hf_llava._io import write_json_atomic
+from hf_llava.conversion import transformers_config
 from hf_llava.modeling.configuration_llava import default_grid_pinpoints
 from hf_llava.modeling.modeling_llava import anyres_grid
 
 TILE, PATCH = 336, 14
 WIDE = [TILE, 4 * TILE]  # [height, width] of the 1x4 grid, not among the released pinpoints
-OURS_ONLY = ("projector_type", "image_aspect_ratio", "patch_merge_type", "model_type", "image_seq_length",
-             "auto_map", "architectures", "transformers_version")
 
 
 def transformers_next(model: LlavaForConditionalGeneration) -> transformers.LlavaNextForConditionalGeneration:
     """transformers' llava_next with `model`'s config and weights (the parameter names are the same)."""
-    fields = {k: v for k, v in model.config.to_dict().items() if k not in OURS_ONLY}
-    anchor = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(**fields)).eval()
+    anchor = transformers.LlavaNextForConditionalGeneration(transformers_config(model.config)).eval()
     anchor.load_state_dict(model.state_dict(), strict=True)
     return anchor
 

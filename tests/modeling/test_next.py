@@ -12,17 +12,13 @@ import transformers
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from hf_llava import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, tiny
+from hf_llava.conversion import transformers_config
 from hf_llava.modeling.configuration_llava import default_grid_pinpoints
 from hf_llava.modeling.modeling_llava import anyres_grid, pack_anyres
 
-OUR_ONLY = ("projector_type", "image_aspect_ratio", "patch_merge_type", "model_type", "image_seq_length",
-            "auto_map", "architectures", "transformers_version")
-
-
 def anchor_from(model) -> transformers.LlavaNextForConditionalGeneration:
     """transformers' LlavaNextForConditionalGeneration with our config and weights (strict load)."""
-    fields = {k: v for k, v in model.config.to_dict().items() if k not in OUR_ONLY}
-    anchor = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(**fields)).eval()
+    anchor = transformers.LlavaNextForConditionalGeneration(transformers_config(model.config)).eval()
     anchor.load_state_dict(model.state_dict(), strict=True)
     return anchor
 

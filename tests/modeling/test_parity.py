@@ -5,17 +5,12 @@ import torch
 import transformers
 
 from hf_llava import LlavaForConditionalGeneration
+from hf_llava.conversion import transformers_config
 
 
 def anchor_from(model):
     """transformers.LlavaForConditionalGeneration with our config and weights (strict load)."""
-    c = model.config
-    config = transformers.LlavaConfig(
-        vision_config=c.vision_config.to_dict(), text_config=c.text_config.to_dict(),
-        image_token_index=c.image_token_index, vision_feature_layer=c.vision_feature_layer,
-        vision_feature_select_strategy=c.vision_feature_select_strategy, image_seq_length=c.image_seq_length,
-    )
-    anchor = transformers.LlavaForConditionalGeneration(config).eval()
+    anchor = transformers.LlavaForConditionalGeneration(transformers_config(model.config)).eval()
     anchor.load_state_dict(model.state_dict(), strict=True)
     return anchor
 

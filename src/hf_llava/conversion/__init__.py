@@ -13,6 +13,7 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "convert_hf_llava_to_llava_hf": ".llava_hf",
     "convert_llava_hf_to_hf_llava": ".llava_hf",
     "convert_original_to_hf_llava": ".original",
+    "transformers_config": ".llava_hf",
 })
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "convert_hf_llava_to_llava_hf",
     "convert_llava_hf_to_hf_llava",
     "convert_original_to_hf_llava",
+    "transformers_config",
 ]

@@ -157,6 +157,32 @@ def convert_llava_hf_to_hf_llava(
     return Path(dst)
 
 
+def transformers_config(config: LlavaConfig, name: str = "this model"):
+    """Our config as transformers' own: a `transformers.LlavaConfig`, or a `LlavaNextConfig` for an `anyres` model
+    (same fields, ours dropped); `name` names the model in the refusals (projectors and packings transformers lacks).
+    """
+    if config.projector_type != "mlp2x_gelu":
+        raise ConversionError(
+            f"{name} has projector_type={config.projector_type!r}; transformers' llava has only the 'mlp2x_gelu' "
+            "projector (linear_1, GELU, linear_2), so this model has no llava-hf equivalent. Keep it in hf-llava "
+            "format (it loads with trust_remote_code=True) or retrain with projector_type='mlp2x_gelu'."
+        )
+    anyres = config.image_aspect_ratio == "anyres"
+    if anyres and config.patch_merge_type != "spatial_unpad":
+        raise ConversionError(
+            f"{name} has patch_merge_type={config.patch_merge_type!r}; transformers' llava_next packs AnyRes tiles "
+            "only as 'spatial_unpad' (with image_newline), so this model has no llava-hf equivalent. Keep it in "
+            "hf-llava format (it loads with trust_remote_code=True) or retrain with patch_merge_type='spatial_unpad'."
+        )
+    config_cls, model_cls, _ = _transformers_classes("llava_next" if anyres else "llava")
+    dropped = (*_OUR_ONLY_FIELDS, "model_type", "transformers_version")
+    if not anyres:
+        dropped += ("image_grid_pinpoints",)
+    fields = {k: v for k, v in config.to_dict().items() if k not in dropped}
+    fields["architectures"] = [model_cls.__name__]
+    return config_cls(**fields)
+
+
 def convert_hf_llava_to_llava_hf(
     src: PathLike,
     dst: PathLike,
@@ -172,26 +198,8 @@ def convert_hf_llava_to_llava_hf(
     if raw.get("model_type") != LlavaConfig.model_type:
         raise ConversionError(f"{src}: expected an hf-llava folder (config.json with model_type 'hf_llava').")
     config = LlavaConfig.from_pretrained(src)
-    if config.projector_type != "mlp2x_gelu":
-        raise ConversionError(
-            f"{src} has projector_type={config.projector_type!r}; transformers' llava has only the 'mlp2x_gelu' "
-            "projector (linear_1, GELU, linear_2), so this model has no llava-hf equivalent. Keep it in hf-llava "
-            "format (it loads with trust_remote_code=True) or retrain with projector_type='mlp2x_gelu'."
-        )
-    anyres = config.image_aspect_ratio == "anyres"
-    if anyres and config.patch_merge_type != "spatial_unpad":
-        raise ConversionError(
-            f"{src} has patch_merge_type={config.patch_merge_type!r}; transformers' llava_next packs AnyRes tiles "
-            "only as 'spatial_unpad' (with image_newline), so this model has no llava-hf equivalent. Keep it in "
-            "hf-llava format (it loads with trust_remote_code=True) or retrain with patch_merge_type='spatial_unpad'."
-        )
-    config_cls, model_cls, processor_cls = _transformers_classes("llava_next" if anyres else "llava")
-    dropped = (*_OUR_ONLY_FIELDS, "model_type", "transformers_version")
-    if not anyres:
-        dropped += ("image_grid_pinpoints",)
-    fields = {k: v for k, v in config.to_dict().items() if k not in dropped}
-    fields["architectures"] = [model_cls.__name__]
-    target_config = config_cls(**fields)
+    target_config = transformers_config(config, str(src))
+    _, model_cls, processor_cls = _transformers_classes(target_config.model_type)
 
     ours = LlavaProcessor.from_pretrained(src)
     processor = processor_cls(
