@@ -1,4 +1,4 @@
-"""The model side of every benchmark: loading a model folder and answering questions in batches.
+"""The model side of every benchmark: answering questions in batches (models load through `onnx.loading`).
 
 `--model` is a saved hf-llava folder (PyTorch) or an `hf-llava export-onnx` folder (ONNX Runtime); both
 answer through `.generate(input_ids, attention_mask, pixel_values, max_new_tokens=..., do_sample=False)`, with
@@ -12,38 +12,14 @@ journal, so a killed run resumes and a finished one is never generated again.
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from .._io import Progress, digest, open_journal
-from .._loading import check_device, check_merge_adapter, is_adapter
-from ..onnx.layout import EXPORT_INFO, PROVIDERS
+from ..onnx.loading import check_model, is_onnx_folder, load_model
 from .files import ANSWERS, DIGEST_CHARS, beside
 from .inputs import resolve_image
 
 PathLike = Union[str, os.PathLike]
-
-
-def is_onnx_folder(path: PathLike) -> bool:
-    """Whether `path` is an `hf-llava export-onnx` folder (it has `onnx/export_info.json`)."""
-    return (Path(path) / EXPORT_INFO).is_file()
-
-
-def check_model(path: PathLike, merge_adapter: bool = False, device: Optional[str] = None) -> Path:
-    """A model folder's path, checked with the flags that go with it before anything loads (errors name
-    `model=PATH`)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model={path}: no such folder; pass a saved hf-llava folder or an "
-                                "`hf-llava export-onnx` folder.")
-    if not (is_onnx_folder(path) or is_adapter(path) or (path / "config.json").is_file()):
-        raise ValueError(f"model={path} has no config.json and no {EXPORT_INFO}: pass a folder written by "
-                         "save_pretrained or by `hf-llava export-onnx`.")
-    check_merge_adapter(path, merge_adapter, "model")  # else the flag would be ignored without a word
-    if device is not None and device.split(":")[0] not in PROVIDERS:
-        raise ValueError(f"device={device!r}: expected one of {', '.join(PROVIDERS)}.")
-    if not is_onnx_folder(path):  # ONNX Runtime reports the provider it runs on itself
-        check_device(device)
-    return path
 
 
 def model_fingerprint(path: PathLike) -> str:
@@ -56,37 +32,6 @@ def model_fingerprint(path: PathLike) -> str:
                 stat = entry.stat()
                 files.append(f"{entry.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}\n")
     return f"{path} ({digest(''.join(files), 12)})"
-
-
-def load_model(path: PathLike, device: Optional[str] = None, merge_adapter: bool = False) -> tuple[Any, Any]:
-    """`(model, processor)` from a saved hf-llava folder or an ONNX export folder.
-
-    `device`: `cpu` or `cuda` (default: cuda when available for PyTorch, the CPU provider for ONNX). A LoRA
-    adapter folder is merged into its base model with `merge_adapter=True`.
-    """
-    path = check_model(path, merge_adapter, device)
-    if is_onnx_folder(path):
-        from ..onnx import ORTLlavaForConditionalGeneration
-        from ..processing import LlavaProcessor
-
-        provider = PROVIDERS[(device or "cpu").split(":")[0]]
-        return ORTLlavaForConditionalGeneration.from_pretrained(path, provider=provider), \
-            LlavaProcessor.from_pretrained(path)
-    import torch
-    from transformers import AutoProcessor
-
-    from .._loading import load_llava_model, resolve_adapter_base
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = load_llava_model(path, merge_adapter=merge_adapter, dtype=dtype).to(device).eval()
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-    except (OSError, ValueError, TypeError):
-        if not is_adapter(path):
-            raise
-        processor = AutoProcessor.from_pretrained(resolve_adapter_base(path))  # adapters often save no processor
-    return model, processor
 
 
 def _prompt(processor, question: dict, with_image: bool) -> str:
