@@ -1,7 +1,9 @@
-"""ORTLlavaForConditionalGeneration: loading (dtype "auto", logging) and GenerationConfig fields.
+"""ORTLlavaForConditionalGeneration: loading (dtype "auto", logging), GenerationConfig fields, streamers and
+stopping criteria.
 
 Every field the ORT loop implements gives PyTorch's `generate` tokens; every other field set away from its
-default is refused by name instead of being silently ignored.
+default is refused by name instead of being silently ignored. A streamer sees the same `put` calls and a stopping
+criterion stops the same rows as in PyTorch's `generate`.
 """
 
 import logging
@@ -11,7 +13,8 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from hf_llava.onnx import ORTLlavaForConditionalGeneration
 
@@ -107,3 +110,74 @@ def test_auto_dtype_loads_the_most_precise_variant_and_logs_it(saved_llava, tmp_
     assert any("onnx/vision_encoder_quantized.onnx" in r.getMessage() for r in caplog.records)
     with pytest.raises(FileNotFoundError, match="fp16"):
         ORTLlavaForConditionalGeneration.from_pretrained(out, dtype="fp16")
+
+
+class RecordingStreamer(BaseStreamer):
+    """Keeps every `put` value and counts `end` calls."""
+
+    def __init__(self):
+        self.puts, self.ends = [], 0
+
+    def put(self, value):
+        self.puts.append(value.clone())
+
+    def end(self):
+        self.ends += 1
+
+
+class StopRowAfter(StoppingCriteria):
+    """Row `row` is done once it has `new_tokens` tokens past the prompt."""
+
+    def __init__(self, row: int, new_tokens: int, prompt_length: int):
+        self.row, self.new_tokens, self.prompt_length = row, new_tokens, prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done[self.row] = input_ids.shape[1] - self.prompt_length >= self.new_tokens
+        return done
+
+
+def test_streamer_gets_the_returned_tokens_with_pytorchs_put_calls(exported, ort_model, batch):
+    gen = dict(do_sample=False, max_new_tokens=6)
+    streamed = RecordingStreamer()
+    got = ort_model.generate(**batch, streamer=streamed, **gen)
+    prompt_length = batch["input_ids"].shape[1]
+    assert streamed.ends == 1
+    assert torch.equal(streamed.puts[0], batch["input_ids"])  # (B, T), left-padded
+    assert torch.equal(torch.stack(streamed.puts[1:], dim=1), got[:, prompt_length:])  # one (B,) per step, by row
+    expected = RecordingStreamer()
+    with torch.no_grad():
+        exported[0].generate(**batch, streamer=expected, **gen)
+    assert [p.shape for p in streamed.puts] == [p.shape for p in expected.puts]
+    assert all(torch.equal(a, b) for a, b in zip(streamed.puts, expected.puts)) and expected.ends == 1
+
+
+def test_stopping_criteria_finish_a_row_as_pytorch(exported, ort_model, batch, greedy):
+    model, prompt_length = exported[0], batch["input_ids"].shape[1]
+    pad = model.config.text_config.pad_token_id
+    gen = dict(do_sample=False, max_new_tokens=10, pad_token_id=pad)
+    stop = StoppingCriteriaList([StopRowAfter(0, 3, prompt_length)])
+    streamed = RecordingStreamer()
+    got = ort_model.generate(**batch, stopping_criteria=stop, streamer=streamed, **gen)
+    new = got[:, prompt_length:]
+    assert torch.equal(new[0, :3], greedy[0, :3]) and (new[0, 3:] == pad).all()  # row 0 stopped, then padded
+    assert torch.equal(new[1], greedy[1])  # row 1 ran on
+    assert torch.equal(torch.stack(streamed.puts[1:], dim=1), new)
+    with torch.no_grad():
+        assert torch.equal(got, model.generate(**batch, stopping_criteria=stop, **gen))
+    # a plain list stopping both rows ends the loop
+    both = ort_model.generate(**batch, stopping_criteria=[StopRowAfter(0, 2, prompt_length),
+                                                         StopRowAfter(1, 2, prompt_length)], **gen)
+    assert torch.equal(both[:, prompt_length:], greedy[:, :2])
+
+
+def test_stop_strings_stop_rows_as_pytorch(exported, ort_model, batch, greedy, tokenizer):
+    model, prompt_length = exported[0], batch["input_ids"].shape[1]
+    gen = dict(do_sample=False, max_new_tokens=10, pad_token_id=model.config.text_config.pad_token_id)
+    stop = tokenizer.decode(greedy[1, 2:4])  # the text of row 1's third and fourth tokens
+    got = ort_model.generate(**batch, stop_strings=[stop], tokenizer=tokenizer, **gen)
+    with torch.no_grad():
+        assert torch.equal(got, model.generate(**batch, stop_strings=[stop], tokenizer=tokenizer, **gen))
+    assert not torch.equal(got[1, prompt_length:], greedy[1]), f"stop string {stop!r} changes nothing"
+    with pytest.raises(ValueError, match="tokenizer=processor.tokenizer"):
+        ort_model.generate(**batch, stop_strings=[stop], **gen)

@@ -8,8 +8,8 @@ Why a loop of our own rather than `GenerationMixin`: `GenerationMixin` drives a 
 cache is a `transformers.Cache` of torch tensors (plus `device`, parameters, `cache_position`
 bookkeeping). Here the cache is ONNX Runtime's (numpy arrays, or OrtValues on the device), so a
 shim would convert it at every step or fake a torch cache. The loop below is ~60 lines and reuses
-transformers' `GenerationConfig` and logits processors / warpers, in transformers' order, so the
-fields in `SUPPORTED_FIELDS` behave as in transformers and greedy output equals
+transformers' `GenerationConfig`, logits processors / warpers (in transformers' order), stopping criteria and
+streamer protocol, so the fields in `SUPPORTED_FIELDS` behave as in transformers and greedy output equals
 `LlavaForConditionalGeneration.generate` token for token. Any other field set away from its default
 (beam search, contrastive search, `num_return_sequences`...) is refused by name, never ignored.
 """
@@ -22,7 +22,7 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.generation.logits_process import (
     ForcedEOSTokenLogitsProcessor,
     LogitsProcessorList,
@@ -38,6 +38,13 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.generation.stopping_criteria import (
+    EosTokenCriteria,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
+from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .._compat import complete_generation_config
@@ -54,7 +61,7 @@ SUPPORTED_FIELDS = frozenset({
     "max_length", "max_new_tokens", "min_length", "min_new_tokens", "eos_token_id", "pad_token_id",
     "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "no_repeat_ngram_size",
     "bad_words_ids", "sequence_bias", "suppress_tokens", "begin_suppress_tokens", "forced_eos_token_id",
-    "return_dict_in_generate", "output_logits", "output_scores",
+    "return_dict_in_generate", "output_logits", "output_scores", "stop_strings",
 })
 # ...and those that change nothing here: PyTorch-side cache / compilation settings, assistant-model settings
 # (no assistant can be passed), beam-search-only settings (beam search itself is refused), bookkeeping.
@@ -300,6 +307,25 @@ class ORTLlavaForConditionalGeneration:
                 processors.append(TopPLogitsWarper(config.top_p))
         return processors
 
+    @staticmethod
+    def _stopping_criteria(
+        config: GenerationConfig, eos: torch.Tensor, tokenizer, extra: Optional[list[StoppingCriteria]]
+    ) -> StoppingCriteriaList:
+        """The criteria transformers' `_get_stopping_criteria` builds for the supported fields (`max_length` is the
+        loop's bound instead of a `MaxLengthCriteria`), then the caller's, which replace built ones of their type."""
+        criteria = StoppingCriteriaList()
+        if config.stop_strings is not None:
+            if tokenizer is None:
+                raise ValueError(
+                    f"stop_strings={config.stop_strings!r} need the tokenizer to match text against tokens; pass "
+                    "generate(..., tokenizer=processor.tokenizer)."
+                )
+            criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=config.stop_strings))
+        if len(eos):
+            criteria.append(EosTokenCriteria(eos))
+        extra = list(extra or [])
+        return StoppingCriteriaList([c for c in criteria if not any(type(e) is type(c) for e in extra)] + extra)
+
     def generate(
         self,
         input_ids,
@@ -308,6 +334,9 @@ class ORTLlavaForConditionalGeneration:
         generation_config: Optional[GenerationConfig] = None,
         logits_processor: Optional[LogitsProcessorList] = None,
         image_sizes=None,
+        stopping_criteria: Optional[Union[StoppingCriteriaList, list[StoppingCriteria]]] = None,
+        streamer: Optional[BaseStreamer] = None,
+        tokenizer: Optional[PreTrainedTokenizerBase] = None,
         **kwargs,
     ) -> Union[torch.LongTensor, GenerateDecoderOnlyOutput]:
         """Greedy or sampled generation; `kwargs` are `GenerationConfig` fields (`max_new_tokens`, `do_sample`...).
@@ -321,6 +350,15 @@ class ORTLlavaForConditionalGeneration:
         Returns `(B, T + new)`; finished rows are filled with the pad token.
         With `return_dict_in_generate=True`: a `GenerateDecoderOnlyOutput` with `logits` / `scores` (one `(B, vocab)`
         per step) when `output_logits` / `output_scores` are set, as transformers.
+
+        As transformers' `generate` (its `_sample` loop): `stopping_criteria` are called after each step with
+        `(ids so far, scores)` and return a `(B,)` bool tensor; a row is finished when it emits an eos token or a
+        criterion says so, and the loop ends when every row is finished or `max_new_tokens` is reached. When an eos
+        token is set, finished rows get the pad token from then on (without one, as in transformers, a row stopped
+        by a criterion keeps generating until all rows stop). `stop_strings` need `tokenizer` (transformers'
+        `StopStringCriteria`). `streamer` (a `BaseStreamer`, e.g. `TextIteratorStreamer` for batch 1) gets
+        `put(prompt ids (B, T))`, then `put(new tokens (B,))` after each step (pad tokens for finished rows), then
+        `end()`.
         """
         config = copy.deepcopy(generation_config or self.generation_config)
         unused = config.update(**{k: v for k, v in kwargs.items() if k != "token_type_ids"})
@@ -344,12 +382,18 @@ class ORTLlavaForConditionalGeneration:
         pad = config.pad_token_id if config.pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
         processors = self._logits_processors(config, prompt_length, eos if len(eos) else None,
                                              logits_processor or LogitsProcessorList())
+        criteria = self._stopping_criteria(config, eos, tokenizer, stopping_criteria)
+        pad_finished = any(hasattr(c, "eos_token_id") for c in criteria)  # transformers' has_eos_stopping_criteria
 
         embeds = self.embed(ids.numpy(), _numpy(pixel_values), image_sizes)
         position_ids = np.where(mask == 0, 1, mask.cumsum(-1) - 1)  # left padding, as transformers
         past = self._empty_past(batch)
         unfinished = torch.ones(batch, dtype=torch.bool)
         raw_logits, all_scores = [], []
+        # what transformers hands to stopping criteria as `scores`: the scores so far when kept, else None
+        keep_scores = config.return_dict_in_generate and config.output_scores
+        if streamer is not None:
+            streamer.put(ids)  # (B, T)
         for _ in range(max_new):
             logits, past = self.decode_step(embeds, mask, position_ids, past)
             step_logits = torch.from_numpy(logits[:, -1, :].astype(np.float32))
@@ -360,14 +404,19 @@ class ORTLlavaForConditionalGeneration:
                 next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
             else:
                 next_tokens = scores.argmax(dim=-1)
-            next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
+            if pad_finished:
+                next_tokens = torch.where(unfinished, next_tokens, torch.full_like(next_tokens, pad))
             ids = torch.cat([ids, next_tokens[:, None]], dim=-1)
-            unfinished &= ~torch.isin(next_tokens, eos)
+            if streamer is not None:
+                streamer.put(next_tokens)  # (B,)
+            unfinished &= ~criteria(ids, tuple(all_scores) if keep_scores else None)
             if not unfinished.any():
                 break
             embeds = self.embed_session.run(None, {"input_ids": next_tokens[:, None].numpy()})[0]
             mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=-1)
             position_ids = mask.sum(-1, keepdims=True) - 1  # (B, 1)
+        if streamer is not None:
+            streamer.end()
         if config.return_dict_in_generate:
             return GenerateDecoderOnlyOutput(
                 sequences=ids,
