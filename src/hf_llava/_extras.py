@@ -9,6 +9,7 @@ EXTRAS = {
     "teacher": "a teacher or judge on an OpenAI-compatible server (datagen --base-url, eval llava-bench): openai",
     "onnx": "ONNX export and ONNX Runtime inference on CPU ('hf-llava[gpu]' for CUDA instead)",
     "gpu": "ONNX Runtime inference on CUDA",
+    "serve": "hf-llava serve / chat: FastAPI, uvicorn, sse-starlette, httpx, Gradio",
     "test": "the test suite",
 }
 

@@ -25,6 +25,8 @@ COMMANDS = {
     "datagen": ("hf_llava.datagen.cli",
                 "write LLaVA instruction data from captions and boxes with a text-only teacher"),
     "eval": ("hf_llava.eval.cli", "evaluate as the paper does: LLaVA-Bench (judge), multiple choice, VQA accuracy"),
+    "serve": ("hf_llava.serve.cli", "an OpenAI-compatible API (streaming, batched) and a chat page over one model"),
+    "chat": ("hf_llava.serve.chat", "chat with a model in the terminal: streaming, multi-turn, with an image"),
 }
 EXIT_USAGE = 2  # what argparse returns for bad flags; used for every expected error
 _MAX_LINES = 2
