@@ -67,11 +67,14 @@ def run(args: argparse.Namespace) -> int:
     from .cli import build_service, load
     from .messages import APIError
 
+    from ..processing.image_loading import load_image
+
+    image = load_image(args.image) if args.image else None  # a bad path is named before the model loads
     model, processor, path = load(args.model_dir, args.backend, args.device)
     service = build_service(model, processor, path.name, max_batch_size=1, gather_ms=0)
     print(f"hf-llava chat: {path} (empty line to quit, /reset, /image PATH)", flush=True)
     try:
-        chat(service, args.image, args.temperature, args.top_p, args.max_tokens, args.system)
+        chat(service, image, args.temperature, args.top_p, args.max_tokens, args.system)
     except APIError as error:  # e.g. the conversation outgrew the model's context
         raise ValueError(error.message) from error
     return 0
