@@ -3,14 +3,25 @@
 take either through `load_model`.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .._compat import PIL_IMAGE_PROCESSOR_KWARGS
 from .._loading import check_device, check_merge_adapter, is_adapter
 from .layout import EXPORT_INFO, PROVIDERS
 
 PathLike = Union[str, os.PathLike]
+# transformers' own LLaVA families, which llava-hf folders (and `hf-llava convert --to llava-hf`) use
+TRANSFORMERS_LLAVA_TYPES = ("llava", "llava_next")
+
+
+def _model_type(path: Path):
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
 
 
 def is_onnx_folder(path: PathLike) -> bool:
@@ -37,7 +48,8 @@ def check_model(path: PathLike, merge_adapter: bool = False, device: Optional[st
 
 
 def load_model(path: PathLike, device: Optional[str] = None, merge_adapter: bool = False) -> tuple[Any, Any]:
-    """`(model, processor)` from a saved hf-llava folder or an ONNX export folder.
+    """`(model, processor)` from a saved hf-llava folder, a llava-hf folder (transformers' own `llava` /
+    `llava_next` classes, through the Auto classes) or an ONNX export folder.
 
     `device`: `cpu` or `cuda` (default: cuda when available for PyTorch, the CPU provider for ONNX). A LoRA
     adapter folder is merged into its base model with `merge_adapter=True`.
@@ -57,6 +69,11 @@ def load_model(path: PathLike, device: Optional[str] = None, merge_adapter: bool
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if _model_type(path) in TRANSFORMERS_LLAVA_TYPES:  # llava-hf: transformers' classes, as the folder declares
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+        return model, AutoProcessor.from_pretrained(path, **PIL_IMAGE_PROCESSOR_KWARGS)
     model = load_llava_model(path, merge_adapter=merge_adapter, dtype=dtype).to(device).eval()
     try:
         processor = AutoProcessor.from_pretrained(path)
