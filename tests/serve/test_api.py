@@ -17,6 +17,7 @@ from hf_llava import tiny
 from hf_llava.serve.app import ChatService, build_app, running
 from hf_llava.serve.engine import Engine
 from hf_llava.serve.messages import ImagePolicy
+from tests.serve.conftest import in_process
 
 QUESTION = "What is shown in the image?"
 
@@ -30,15 +31,6 @@ def data_url(image: Image.Image, fmt: str = "PNG") -> str:
 def image_message(url: str, text: str = QUESTION) -> list:
     return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                          {"type": "text", "text": text}]}]
-
-
-def in_process(model, processor, images: list, text: str, max_new_tokens: int) -> str:
-    """The answer `model.generate` gives for the same conversation (greedy), decoded as the server decodes."""
-    content = [{"type": "image"}] * len(images) + [{"type": "text", "text": text}]
-    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    inputs = processor(images=images or None, text=prompt, return_tensors="pt")
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 @pytest.fixture(scope="module")
