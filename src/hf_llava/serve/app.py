@@ -229,7 +229,7 @@ def build_app(service: ChatService, api_key: Optional[str] = None, max_body_byte
     if ui:
         from .ui import mount_ui
 
-        app = mount_ui(app, service)
+        app = mount_ui(app, service, api_key=api_key)
     return app
 
 
@@ -249,7 +249,7 @@ def running(app, host: str = "127.0.0.1", port: int = 0):
         with socket.socket() as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
