@@ -6,7 +6,10 @@
 - `splits`: held-out scenes, drawn so that none shows what a pretraining, training or prompt scene shows;
 - `teacher`: `WorldTeacher`, a text-only datagen teacher that writes replies from captions and boxes;
 - `pretrained/`: a small CLIP vision tower and a small Llama LM with its tokenizer, trained on this world
-  (by `scripts/pretrain_world.py`) and shipped as package data: `vision_tower_path()`, `language_model_path()`.
+  (by `scripts/pretrain_world.py`) and shipped as package data: `vision_tower_path()`, `language_model_path()`;
+  and the demo's stage 1 + stage 2 LLaVA built from them (by `scripts/train_chat_model.py`), the chat model
+  `hf-llava serve` and `hf-llava chat` use by default: `chat_model_path()`, with `example_images()` (held-out
+  pictures and a question each).
 Names load on first use.
 """
 
@@ -15,6 +18,8 @@ from .._lazy import lazy_names
 __getattr__, __dir__ = lazy_names(__name__, {
     "QUESTION_TYPES": ".questions",
     "WorldTeacher": ".teacher",
+    "chat_model_path": ".parts",
+    "example_images": ".parts",
     "language_model_path": ".parts",
     "make_questions": ".questions",
     "make_scenes": ".scenes",
@@ -22,5 +27,5 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "write_scenes": ".scenes",
 })
 
-__all__ = ["QUESTION_TYPES", "WorldTeacher", "language_model_path", "make_questions", "make_scenes",
-           "vision_tower_path", "write_scenes"]
+__all__ = ["QUESTION_TYPES", "WorldTeacher", "chat_model_path", "example_images", "language_model_path",
+           "make_questions", "make_scenes", "vision_tower_path", "write_scenes"]
