@@ -221,3 +221,23 @@ def test_api_key(tmp_path):
                                                    max_tokens=2).choices[0].finish_reason in ("stop", "length")
     finally:
         engine.close()
+
+
+def test_a_seed_makes_sampling_repeatable_and_runs_alone(served):
+    *_, client, _, _ = served
+    engine = served[2]
+    body = dict(model="tiny-llava", messages=[{"role": "user", "content": "Name a shape."}], max_tokens=8,
+                temperature=1.0, top_p=0.9)
+    answers = [None] * 4
+
+    def ask(i):
+        answers[i] = client.chat.completions.create(seed=0, **body).choices[0].message.content
+
+    before = len(engine.batches)
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(answers)) == 1  # seed 0, four times: one answer, each request sampled alone
+    assert engine.batches[before:] == [1, 1, 1, 1]

@@ -41,7 +41,9 @@ class Sampling:
 
     def group(self) -> tuple:
         """Requests of one group share a batch; a seeded request is a group of its own."""
-        return (self.temperature, self.top_p if self.temperature else 1.0, self.seed, id(self) if self.seed else 0)
+        if self.seed is not None:
+            return ("seeded", id(self))
+        return (self.temperature, self.top_p if self.temperature else 1.0)
 
 
 @dataclass
