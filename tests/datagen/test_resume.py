@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,7 +99,9 @@ def test_ctrl_c_says_how_to_resume_and_the_log_has_plain_progress_lines(teacher_
     text = log.read_text()
     assert "\r" not in text and "Traceback" not in text, text[-2000:]
     kept = len(_journal_lines(out)) - 1
-    assert f"datagen: {kept}/36 requests, {kept} generated, 0 rejected, 0 failed\n" in text, text
+    # the journal is the record: a sample it took in the instant of the interrupt may miss its progress line
+    shown = re.findall(r"^datagen: (\d+)/36 requests, (\d+) generated, 0 rejected, 0 failed$", text, re.MULTILINE)
+    assert shown and shown[-1][0] == shown[-1][1] and int(shown[-1][0]) in (kept - 1, kept), text
     assert text.strip().splitlines()[-1] == (f"hf-llava datagen: interrupted; the samples so far are kept in "
                                              f"{journal_path(out)}: run the same command again to resume.")
     teacher_server.delay, sent = 0.0, len(teacher_server.requests)
