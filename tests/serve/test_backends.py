@@ -1,8 +1,10 @@
 """`hf-llava serve` over its other backends and models, spoken to with the `openai` client: an ONNX export on ONNX
 Runtime and a LLaVA-NeXT (AnyRes) model answer as their in-process greedy `generate`, alone, streamed and batched
-with others (AnyRes images of three aspect ratios in one batch); the command itself starts as a real process and
-answers, and refuses `--backend onnx` for a folder that is not an export."""
+with others (AnyRes images of three aspect ratios in one batch); requests that arrive one after another share a batch;
+the command itself starts as a real process and answers, and refuses `--backend onnx` for a folder that is not an
+export."""
 
+import queue
 import socket
 import subprocess
 import sys
@@ -17,10 +19,11 @@ import torch
 from hf_llava import LlavaConfig, tiny
 from hf_llava.onnx.loading import load_model
 from hf_llava.serve.app import ChatService, build_app, running
-from hf_llava.serve.engine import Engine
+from hf_llava.serve.engine import GATHER_WINDOWS, Engine, Request, Sampling
 from tests.eval.conftest import next_dir  # noqa: F401  (a fixture: the saved NeXT whose answers differ per image)
 from tests.onnx.conftest import _export
-from tests.serve.test_api import QUESTION, data_url, image_message, in_process
+from tests.serve.conftest import in_process
+from tests.serve.test_api import QUESTION, data_url, image_message
 
 
 def ask_together(client, name: str, messages: list, max_tokens: int) -> list:
@@ -90,6 +93,29 @@ def test_anyres_images_of_three_aspect_ratios_share_a_batch_and_each_answers_as_
         engine.close()
     assert answers == expected
     assert max(engine.batches) > 1  # wide, tall and square tiles were padded into shared batches
+
+
+def test_requests_arriving_one_after_another_share_a_batch(tiny_model, tiny_processor):
+    """Each request joins within the gather window of the one before, the last after the first window: one batch."""
+    gather, gap, count = 0.3, 0.12, 4
+    assert gap * (count - 1) > gather and gap * (count - 1) < GATHER_WINDOWS * gather
+    prompt = tiny_processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                                                add_generation_prompt=True)
+    features = {k: v[0] for k, v in tiny_processor(text=prompt).items()}
+    engine = Engine(tiny_model, tiny_processor, max_batch_size=8, gather_seconds=gather)
+    events: "queue.Queue" = queue.Queue()
+    try:
+        for _ in range(count):
+            engine.submit(Request(features, 2, Sampling(), events.put))
+            time.sleep(gap)
+        finished = 0
+        while finished < count:
+            event = events.get(timeout=60)
+            assert event.error is None, event.error
+            finished += event.finish_reason is not None
+    finally:
+        engine.close()
+    assert engine.batches == [count]
 
 
 def _free_port() -> int:

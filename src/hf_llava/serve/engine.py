@@ -1,8 +1,9 @@
 """The generation engine of `hf-llava serve` and `hf-llava chat`: one model, one worker thread, batched requests.
 
 Requests arrive from any thread (the API's event loop, Gradio's handlers, the terminal chat) already rendered and
-processed (`Request`); the worker gathers up to `max_batch_size` of them within `gather_seconds`, groups those that
-sample alike (greedy, or the same temperature / top-p; a seeded request runs alone, so its seed decides its tokens),
+processed (`Request`); the worker gathers up to `max_batch_size` of them (until none has joined for `gather_seconds`,
+so that clients coming back one after another from the last batch share the next one), groups those that sample
+alike (greedy, or the same temperature / top-p; a seeded request runs alone, so its seed decides its tokens),
 left-pads each group into one batch and runs `model.generate` on it: PyTorch's `LlavaForConditionalGeneration` or
 ONNX Runtime's `ORTLlavaForConditionalGeneration`, which take the same `streamer` and `stopping_criteria`.
 
@@ -24,6 +25,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.data.data_collator import pad_without_fast_tokenizer_warning
 from transformers.generation.streamers import BaseStreamer
+
+GATHER_WINDOWS = 4  # a batch waits at most this many gather windows for requests to join it
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,9 @@ class Engine:
     """Batches requests into `model.generate` on one worker thread.
 
     `model`: a `LlavaForConditionalGeneration` (on its device) or an `ORTLlavaForConditionalGeneration`;
-    `processor`: its `LlavaProcessor`. `max_batch_size` rows per `generate`; a request waits at most
-    `gather_seconds` for others to join it.
+    `processor`: its `LlavaProcessor`. `max_batch_size` rows per `generate`; a batch starts once no request has
+    joined it for `gather_seconds` (a lone request waits that long), at the latest `GATHER_WINDOWS` of them after its
+    first request.
     """
 
     def __init__(self, model, processor, max_batch_size: int = 8, gather_seconds: float = 0.02):
@@ -223,7 +227,8 @@ class Engine:
             if first is None:
                 return
             waiting = [first]
-            deadline = time.monotonic() + self.gather_seconds
+            start = time.monotonic()
+            deadline = start + self.gather_seconds
             while len(waiting) < self.max_batch_size:
                 try:
                     more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -233,6 +238,7 @@ class Engine:
                     self._queue.put(None)
                     break
                 waiting.append(more)
+                deadline = min(time.monotonic() + self.gather_seconds, start + GATHER_WINDOWS * self.gather_seconds)
             groups: dict = {}
             for request in waiting:
                 if request.cancelled.is_set():  # its client left before it started
