@@ -54,7 +54,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=8,
                         help="requests answered together in one batch")
     parser.add_argument("--gather-ms", type=float, default=20.0,
-                        help="how long a request waits for others to share its batch, in milliseconds")
+                        help="how long a batch waits for another request to join it, in milliseconds (at most 4 such "
+                             "waits; a lone request waits one)")
     parser.add_argument("--ui", action=argparse.BooleanOptionalAction, default=True,
                         help="the chat page at / (Gradio)")
     parser.add_argument("--api-key", default=None,
