@@ -77,4 +77,6 @@ def run(args: argparse.Namespace) -> int:
         chat(service, image, args.temperature, args.top_p, args.max_tokens, args.system)
     except APIError as error:  # e.g. the conversation outgrew the model's context
         raise ValueError(error.message) from error
+    finally:  # the engine's thread may still be finishing its last step: let it end before Python does
+        service.engine.close()
     return 0

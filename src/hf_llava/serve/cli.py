@@ -108,5 +108,8 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     import uvicorn
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:  # let the engine's thread end its batch before Python ends
+        service.engine.close()
     return 0

@@ -185,6 +185,7 @@ class Engine:
         self.context_length = _context_length(model)
         self.batches: list[int] = []  # the size of every batch run (what the tests and benchmarks read)
         self.dropped = 0  # rows stopped mid-answer because their client went away
+        self._running: list = []  # the batch being generated
         self._queue: "queue.Queue[Optional[Request]]" = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="hf-llava-engine", daemon=True)
         self._worker.start()
@@ -216,6 +217,9 @@ class Engine:
         self.dropped += 1
 
     def close(self) -> None:
+        """Stop the worker: the batch it runs ends at its next step, waiting requests are dropped."""
+        for request in list(self._running):
+            request.cancel()
         self._queue.put(None)
         self._worker.join(timeout=30)
 
@@ -250,6 +254,7 @@ class Engine:
 
     def _generate(self, requests: list) -> None:
         rows = _Rows(requests, self.tokenizer, self.eos_ids, self._dropped)
+        self._running = requests
         try:
             inputs = self._batch([request.features for request in requests])
             sampling = requests[0].sampling
