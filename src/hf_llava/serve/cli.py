@@ -84,9 +84,11 @@ def build_service(model, processor, name: str, max_batch_size: int = 8, gather_m
 def run(args: argparse.Namespace) -> int:
     """Load the model and serve until interrupted."""
     for flag, value in (("--max-batch-size", args.max_batch_size), ("--max-image-pixels", args.max_image_pixels),
-                        ("--max-body-bytes", args.max_body_bytes), ("--port", args.port + 1)):
+                        ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise ValueError(f"{flag}: expected a positive number.")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: expected 0-65535 (0: any free port).")
     require("fastapi", "serve", "hf-llava serve")
     require("uvicorn", "serve", "hf-llava serve")
     if args.ui:
