@@ -34,6 +34,14 @@ The differences the copied files meet, listed here so that this module stays the
   `modeling_llava.CACHE_NAME` is the installed line's name; its forwards take either (the old one warns on
   5.25+, as transformers' models do) and its outputs declare that one. Code outside the copied files uses
   `CACHE_NAME` below.
+- bitsandbytes loading (`quantization_config`): with no `llm_int8_skip_modules` both lines keep transformers' own
+  choice (the LM head / tied and last modules, plus `_keep_in_fp32_modules`) and quantise the rest, the vision tower
+  included; a given list replaces that choice. They match the names differently: 4.57 by substring (`name + "."` in
+  the module path), 5.x as a regex anchored at the start or as a suffix, so only full module paths
+  (`model.vision_tower`) mean the same on both. 4.57 also loads what it does not quantise in float16 when no dtype
+  is given (5.x: the checkpoint's dtype). `modeling_llava.LlavaPreTrainedModel.from_pretrained` fills the skip list
+  with full paths (`_quantization_skip_modules`: tower, projector, LM head) and asks for `dtype="auto"`, so both
+  lines load the same model.
 """
 
 import transformers

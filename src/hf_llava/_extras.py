@@ -10,6 +10,7 @@ EXTRAS = {
     "onnx": "ONNX export and ONNX Runtime inference on CPU ('hf-llava[gpu]' for CUDA instead)",
     "gpu": "ONNX Runtime inference on CUDA",
     "serve": "hf-llava serve / chat: FastAPI, uvicorn, sse-starlette, httpx, Gradio",
+    "quant": "4-bit / 8-bit loading and QLoRA training (--load-in): bitsandbytes",
     "test": "the test suite",
 }
 

@@ -1,17 +1,26 @@
 """Loading a model folder a person named on the command line, with errors they can act on.
 
 Owns: telling a full hf-llava folder from a LoRA adapter (and merging one on request), resolving an
-adapter's base model path, and naming the file when weights are truncated or corrupt.
+adapter's base model path, naming the file when weights are truncated or corrupt, and bitsandbytes
+quantisation (`bitsandbytes_config`, loading in 4 / 8 bits, refusing quantised folders where full-precision
+weights are needed).
 """
 
 import json
+import logging
 import os
+import tempfile
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
+
+logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 ADAPTER_CONFIG = "adapter_config.json"
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+# bitsandbytes: the widths a model loads in and the 4-bit data types (nf4: the QLoRA paper's NormalFloat).
+QUANT_BITS = (4, 8)
+BNB_QUANT_TYPES = ("nf4", "fp4")
 
 
 def is_adapter(path: PathLike) -> bool:
@@ -91,6 +100,77 @@ def merge_lora(model, save_directory: Optional[PathLike] = None, processor=None)
     return merged
 
 
+def bitsandbytes_config(bits: int, quant_type: Optional[str] = None, double_quant: Optional[bool] = None,
+                        compute_dtype=None, device: Optional[str] = None):
+    """A `transformers.BitsAndBytesConfig` loading the language model in `bits` (4 or 8).
+
+    4-bit: `quant_type` nf4 (default: the QLoRA paper's NormalFloat) or fp4, `double_quant` (default on: the
+    quantisation constants quantised too, ~0.4 bits a weight saved) and `compute_dtype` (the matmuls' dtype;
+    default bfloat16 on a CUDA `device` that has it, else float32). The defaults are the original LLaVA's, for its
+    `--load-4bit` and its QLoRA training alike. 8-bit: LLM.int8, which takes no 4-bit option. Raises
+    `MissingExtraError` (the `[quant]` extra) without bitsandbytes. The vision tower, the projector and the LM
+    head are not quantised (`LlavaForConditionalGeneration._quantization_skip_modules`).
+    """
+    from ._extras import require
+
+    if bits not in QUANT_BITS:
+        raise ValueError(f"bits={bits!r}: expected 4 or 8.")
+    if quant_type is not None and quant_type not in BNB_QUANT_TYPES:
+        raise ValueError(f"quant_type={quant_type!r}: expected one of {', '.join(BNB_QUANT_TYPES)}.")
+    if bits == 8 and (quant_type is not None or double_quant is not None):
+        raise ValueError("quant_type and double_quant are 4-bit options; 8-bit loading (LLM.int8) takes neither.")
+    require("bitsandbytes", "quant", f"Loading in {bits}-bit")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if compute_dtype is None:
+        on_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+        compute_dtype = torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type or "nf4",
+                              bnb_4bit_use_double_quant=True if double_quant is None else double_quant,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def quantization_of(path: PathLike) -> Optional[dict]:
+    """The `quantization_config` a saved model folder declares in its config.json (None: full precision)."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("quantization_config") or None
+
+
+def refuse_quantized(model_dir: PathLike, what: str) -> None:
+    """Raise a `ValueError` when `model_dir` holds quantised weights (a `quantization_config` in its config.json):
+    `what` ("hf-llava export-onnx") needs the full-precision weights, which the folder no longer has."""
+    quantization = quantization_of(model_dir)
+    if quantization is None:
+        return
+    method = quantization.get("quant_method", "quantised")
+    bits = "4-bit" if quantization.get("load_in_4bit") else "8-bit" if quantization.get("load_in_8bit") else ""
+    raise ValueError(f"{model_dir} holds {' '.join(filter(None, (bits, method)))} weights (quantization_config in its "
+                     f"config.json), which {what} cannot take: export the full-precision folder it was loaded "
+                     "from instead.")
+
+
+def _merge_then_quantize(model_class, base: str, adapter: Path, quantization_config, kwargs: dict):
+    """An adapter merged into its base loaded in full precision, then quantised: merging into 4 / 8-bit weights
+    would round the merged sum again (PEFT warns), so the merge is done on the full weights and the result is
+    loaded back through `quantization_config` from a temporary folder."""
+    from peft import PeftModel
+
+    logger.info("Merging the LoRA adapter %s into its base model %s loaded in full precision; the merged model "
+                "is then quantised.", adapter, base)
+    full_kwargs = {k: v for k, v in kwargs.items() if k != "device_map"}
+    merged = merge_lora(PeftModel.from_pretrained(model_class.from_pretrained(base, **full_kwargs), str(adapter)))
+    with tempfile.TemporaryDirectory(prefix="hf-llava-merged-") as folder:
+        merged.save_pretrained(folder)
+        del merged
+        return model_class.from_pretrained(folder, quantization_config=quantization_config, **kwargs)
+
+
 def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pretrained_kwargs):
     """`LlavaForConditionalGeneration.from_pretrained(path)` for a folder a user named.
 
@@ -116,6 +196,10 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
 
         _check_weights(Path(base))
         _check_weights(path)
+        quantization = from_pretrained_kwargs.pop("quantization_config", None)
+        if quantization is not None:
+            return _merge_then_quantize(LlavaForConditionalGeneration, base, path, quantization,
+                                        from_pretrained_kwargs)
         model = LlavaForConditionalGeneration.from_pretrained(base, **from_pretrained_kwargs)
         return merge_lora(PeftModel.from_pretrained(model, str(path)))
     if not (path / "config.json").is_file():
@@ -124,5 +208,35 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
     return LlavaForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
 
 
-__all__ = ["ADAPTER_CONFIG", "check_device", "check_merge_adapter", "is_adapter", "load_llava_model", "merge_lora",
-           "resolve_adapter_base"]
+def load_quantized(path: PathLike, quantization_config, *, merge_adapter: bool = False,
+                   device: Optional[str] = None) -> tuple[Any, Any]:
+    """`(model, processor)` for a PyTorch folder loaded through `quantization_config` (`bitsandbytes_config`) on
+    `device` (default: CUDA when there is one): an hf-llava folder, a LoRA adapter with `merge_adapter=True`
+    (merged in full precision, then quantised), or a llava-hf folder (transformers' classes, with the same
+    modules kept out of quantisation as ours)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ._compat import PIL_IMAGE_PROCESSOR_KWARGS
+    from .modeling import LlavaConfig, LlavaForConditionalGeneration
+    from .modeling.modeling_llava import skip_vision_in_quantization
+
+    path = Path(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs = {"quantization_config": quantization_config, "device_map": {"": device}}
+    model_type = (json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+                  if (path / "config.json").is_file() else None)
+    if is_adapter(path) or model_type in (None, LlavaConfig.model_type):
+        model = load_llava_model(path, merge_adapter=merge_adapter, **kwargs)
+        processor = AutoProcessor.from_pretrained(resolve_adapter_base(path) if is_adapter(path) else path)
+        return model.eval(), processor
+    _check_weights(path)  # a llava-hf folder: transformers' own classes, the tower and projector kept out as ours
+    kwargs["quantization_config"] = skip_vision_in_quantization(
+        quantization_config, LlavaForConditionalGeneration._quantization_skip_modules)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", **kwargs)
+    return model.eval(), AutoProcessor.from_pretrained(path, **PIL_IMAGE_PROCESSOR_KWARGS)
+
+
+__all__ = ["ADAPTER_CONFIG", "BNB_QUANT_TYPES", "QUANT_BITS", "bitsandbytes_config", "check_device",
+           "check_merge_adapter", "is_adapter", "load_llava_model", "load_quantized", "merge_lora", "quantization_of",
+           "refuse_quantized", "resolve_adapter_base"]

@@ -8,10 +8,11 @@ the original LLaVA recipe's projector types (`linear`, `mlpNx_gelu`, `identity`)
 This file is copied next to saved checkpoints for `trust_remote_code` loading: relative imports only.
 """
 
+import copy
 import math
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Optional, Union
 
@@ -191,6 +192,24 @@ class LlavaMultiModalProjector(nn.Module):
         return hidden_states
 
 
+def skip_vision_in_quantization(quantization_config, modules: Sequence[str]):
+    """`quantization_config` with `llm_int8_skip_modules=modules` when it is a bitsandbytes config that names none
+    (a copy; the caller's object is left alone): the language model is quantised, the vision tower, the projector
+    and the LM head keep the model's dtype. A config that names its own skip list is taken as it is."""
+    as_dict = quantization_config if isinstance(quantization_config, dict) else None
+    method = as_dict.get("quant_method") if as_dict is not None else getattr(quantization_config, "quant_method", None)
+    if str(getattr(method, "value", method)) != "bitsandbytes":
+        return quantization_config
+    if as_dict is not None:
+        return as_dict if as_dict.get("llm_int8_skip_modules") is not None else \
+            {**as_dict, "llm_int8_skip_modules": list(modules)}
+    if quantization_config.llm_int8_skip_modules is not None:
+        return quantization_config
+    quantization_config = copy.deepcopy(quantization_config)
+    quantization_config.llm_int8_skip_modules = list(modules)
+    return quantization_config
+
+
 class LlavaPreTrainedModel(PreTrainedModel):
     config_class = LlavaConfig
     config: LlavaConfig
@@ -202,6 +221,13 @@ class LlavaPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # `device_map="auto"`: nothing of ours is kept whole; the towers' and LMs' own lists (their decoder / encoder
+    # layers) are gathered from their models.
+    _no_split_modules: list = []
+    # What a bitsandbytes `quantization_config` leaves in the model's dtype when it names no `llm_int8_skip_modules`
+    # (the original LLaVA quantises the LM only, transformers keeps the LM head): full module paths, which both
+    # lines match (4.57 by substring `name + "."`, 5.x as an anchored regex or a suffix).
+    _quantization_skip_modules: tuple = ()
 
     def _init_weights(self, module):
         """As transformers; AnyRes's `image_newline` drawn as transformers' llava_next draws it."""
@@ -222,6 +248,13 @@ class LlavaPreTrainedModel(PreTrainedModel):
         """
         if cls._checkpoint_conversion_mapping:
             kwargs.setdefault("key_mapping", cls._checkpoint_conversion_mapping)
+        quantization = kwargs.get("quantization_config")
+        if cls._quantization_skip_modules and quantization is not None:
+            kwargs["quantization_config"] = skip_vision_in_quantization(quantization, cls._quantization_skip_modules)
+            if "dtype" not in kwargs and "torch_dtype" not in kwargs:
+                # 4.57's bitsandbytes loader puts what it does not quantise in float16 unless a dtype is given;
+                # 5.x keeps the checkpoint's dtype. "auto" (the checkpoint's) on both lines.
+                kwargs["dtype"] = "auto"
         return super().from_pretrained(*args, **kwargs)
 
     def _keep_saved_key_names(self) -> None:
@@ -290,6 +323,7 @@ class LlavaModel(LlavaPreTrainedModel):
     """Vision tower + projector + LM backbone (no LM head)."""
 
     _checkpoint_conversion_mapping = {"language_model.model": "language_model"}
+    _quantization_skip_modules = ("vision_tower", "multi_modal_projector")
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
@@ -524,6 +558,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
     # Tensor parallelism (transformers 5, `tp_plan="auto"`): the head sharded as transformers' llava shards it, since
     # the LM's plan shards `embed_tokens`, and a tied pair must be sharded both or neither.
     _tp_plan = {"lm_head": "colwise_gather_output"} if TRANSFORMERS_5 else None
+    _quantization_skip_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
 
     def __init__(self, config: LlavaConfig):
         super().__init__(config)
@@ -660,6 +695,7 @@ class LlavaForConditionalGeneration(LlavaPreTrainedModel, GenerationMixin):
 
 __all__ = [
     "anyres_grid",
+    "skip_vision_in_quantization",
     "anyres_tiles",
     "pack_anyres",
     "LlavaCausalLMOutputWithPast",
