@@ -8,20 +8,32 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+import onnx
 import onnxruntime as ort
+
+from transformers import LlamaConfig
 
 from hf_llava.cli import main
 from hf_llava.onnx import ORTLlavaForConditionalGeneration, export_onnx
+from hf_llava.onnx.builder import unavailable_reason
 
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
+GQA_UNAVAILABLE = unavailable_reason(LlamaConfig())  # the tiny models' LM is a Llama
+# both decoders `export_onnx` makes: traced (transformers.js's layout) and onnxruntime-genai's GroupQueryAttention one
+DECODERS = [
+    "none",
+    pytest.param("gqa", marks=pytest.mark.skipif(GQA_UNAVAILABLE is not None,
+                                                 reason=f"GQA decoder: {GQA_UNAVAILABLE}")),
+]
 
 
 def _prompts(processor, images, texts):
     return processor(images=images, text=texts, padding=True, return_tensors="pt")
 
 
-def test_fp32_export_layout_and_greedy_parity(saved_llava, tmp_path, tiny_model, tiny_processor, images):
-    out = export_onnx(saved_llava, tmp_path / "onnx-out", show_progress=False)
+@pytest.mark.parametrize("optimize", DECODERS)
+def test_fp32_export_layout_and_greedy_parity(saved_llava, tmp_path, tiny_model, tiny_processor, images, optimize):
+    out = export_onnx(saved_llava, tmp_path / "onnx-out", show_progress=False, optimize=optimize)
     for graph in GRAPHS:
         assert (out / "onnx" / f"{graph}.onnx").is_file()
     for name in ("config.json", "generation_config.json", "tokenizer.json", "preprocessor_config.json"):
@@ -32,7 +44,16 @@ def test_fp32_export_layout_and_greedy_parity(saved_llava, tmp_path, tiny_model,
 
     ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)
     decoder_inputs = [i.name for i in ort_model.decoder_session.get_inputs()]
-    assert decoder_inputs[:4] == ["inputs_embeds", "attention_mask", "position_ids", "past_key_values.0.key"]
+    decoder_ops = {node.op_type for node in onnx.load(str(out / "onnx" / "decoder_model_merged.onnx")).graph.node}
+    assert "num_logits_to_keep" in decoder_inputs and ort_model.gqa == (optimize == "gqa")
+    if optimize == "none":
+        assert decoder_inputs[:4] == ["inputs_embeds", "attention_mask", "position_ids", "num_logits_to_keep"]
+        assert json.loads((out / "config.json").read_text())["model_type"] == "llava"  # transformers.js loads it
+    else:  # positions from the mask, attention and its KV cache in one op, norms fused
+        assert "position_ids" not in decoder_inputs
+        assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= decoder_ops
+        assert json.loads((out / "config.json").read_text())["model_type"] == "hf_llava"  # transformers.js refuses
+    assert "GroupQueryAttention" in info["decoder"] if optimize == "gqa" else "traced" in info["decoder"]
 
     # left-padded batch of 2 prompts with one image each (different lengths -> padding)
     batch = _prompts(tiny_processor, images, ["USER: <image>\nWhat is shown in the image? ASSISTANT:",
@@ -79,6 +100,44 @@ def test_image_token_count_mismatch_is_a_named_error(saved_llava, tmp_path, tiny
         ort_model.generate(one["input_ids"], one["attention_mask"], pixel_values=None, max_new_tokens=2)
 
 
+@pytest.mark.parametrize("optimize", DECODERS)
+def test_decoder_returns_the_logits_asked_for(saved_llava, tmp_path, tiny_processor, images, optimize):
+    # generation asks for the last position only: a prefill then neither computes nor copies T x vocab logits
+    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False, optimize=optimize)
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out)
+    batch = _prompts(tiny_processor, images[:1], ["USER: <image>\nWhat is shown in the image? ASSISTANT:"])
+    embeds = ort_model.embed(batch["input_ids"].numpy(), batch["pixel_values"].numpy())
+    mask = batch["attention_mask"].numpy()
+    length = mask.shape[1]
+    if optimize == "gqa":
+        def run(keep):
+            return ort_model.gqa_step(embeds, mask.sum(-1), ort_model._kv_buffers(1, length), keep=keep)
+    else:
+        def run(keep):
+            positions = mask.cumsum(-1) - 1
+            return ort_model.decode_step(embeds, mask, positions, ort_model._empty_past(1), keep=keep)[0]
+    every, last, last_three = run(0), run(1), run(3)
+    assert every.shape[:2] == (1, length) and last.shape[:2] == (1, 1) and last_three.shape[:2] == (1, 3)
+    assert abs(last[0, 0] - every[0, -1]).max() < 1e-5 and abs(last_three[0] - every[0, -3:]).max() < 1e-5
+
+
+@pytest.mark.parametrize("optimize", DECODERS)
+def test_int4_export_within_tolerance_via_cli(saved_llava, tmp_path, tiny_processor, images, capsys, optimize):
+    out = tmp_path / "int4"
+    assert main(["export-onnx", str(saved_llava), str(out), "--dtype", "int4", "--optimize", optimize]) == 0
+    assert "validation (int4, provider CPUExecutionProvider)" in capsys.readouterr().out
+    report = json.loads((out / "onnx" / "export_info.json").read_text())["validation"]
+    assert report["relative_diff"] <= report["tolerance"]
+    decoder = onnx.load(str(out / "onnx" / "decoder_model_merged_q4.onnx"))
+    blocks = [node for node in decoder.graph.node if node.op_type == "MatMulNBits"]
+    assert blocks and all(
+        {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["block_size"] == 32 for node in blocks)
+    assert not [node for node in decoder.graph.node if node.op_type == "MatMul" and node.input[1].endswith("weight")]
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, dtype="int4")
+    batch = _prompts(tiny_processor, images, ["USER: <image>\nWhat? ASSISTANT:", "USER: <image>\nDescribe. ASSISTANT:"])
+    assert ort_model.generate(**batch, max_new_tokens=4, min_new_tokens=4).shape[1] == batch["input_ids"].shape[1] + 4
+
+
 def test_int8_export_within_tolerance_via_cli(saved_llava, tmp_path, tiny_model, tiny_processor, images, capsys):
     out = tmp_path / "int8"
     assert main(["export-onnx", str(saved_llava), str(out), "--dtype", "int8"]) == 0
@@ -114,7 +173,7 @@ def test_interrupted_export_leaves_nothing_and_keeps_existing_out_dir(saved_llav
     fresh = parent / "fresh"
     _failing_decoder_export(monkeypatch)
     with pytest.raises(RuntimeError, match="language model.*simulated crash"):
-        export_onnx(saved_llava, fresh, show_progress=False)
+        export_onnx(saved_llava, fresh, show_progress=False, optimize="none")
     assert not fresh.exists()
     assert list(parent.iterdir()) == []  # no partial folder left behind
 
@@ -123,7 +182,7 @@ def test_interrupted_export_leaves_nothing_and_keeps_existing_out_dir(saved_llav
     before = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
     _failing_decoder_export(monkeypatch)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        export_onnx(saved_llava, existing, show_progress=False, overwrite=True)
+        export_onnx(saved_llava, existing, show_progress=False, overwrite=True, optimize="none")
     after = {p.relative_to(existing): p.read_bytes() for p in existing.rglob("*") if p.is_file()}
     assert after == before
     assert [p.name for p in parent.iterdir()] == ["existing"]
@@ -156,7 +215,8 @@ def test_fp16_export_within_tolerance_and_reports_the_provider_that_ran(saved_ll
         with pytest.warns(UserWarning, match="CUDAExecutionProvider"):
             ORTLlavaForConditionalGeneration.from_pretrained(out, provider="CUDAExecutionProvider")
     ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, dtype="fp16")
-    assert ort_model.decoder_session.get_inputs()[0].type == "tensor(float16)"
+    types = {i.name: i.type for i in ort_model.decoder_session.get_inputs()}
+    assert types["inputs_embeds"] == types["past_key_values.0.key"] == "tensor(float16)"
     assert ort_model.generate(torch.tensor([[1, 40, 41]]), max_new_tokens=3).shape[1] <= 6
 
 

@@ -151,7 +151,7 @@ def test_export_runs_in_transformers_js_with_pytorch_greedy_tokens(
     saved_llava, tmp_path, tiny_model, tiny_processor, tiny_config, images
 ):
     _node_with_transformers_js()
-    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False)
+    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False, optimize="none")
     assert json.loads((out / "config.json").read_text())["model_type"] == "llava"
     cases, expected = _cases(tiny_model, tiny_processor, tiny_config, [
         (["USER: <image>\nWhat is shown in the image? ASSISTANT:"], images[:1]),
@@ -176,7 +176,7 @@ def test_left_padded_image_batch_in_transformers_js(
     saved_llava, tmp_path, tiny_model, tiny_processor, tiny_config, images
 ):
     _node_with_transformers_js()
-    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False)
+    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False, optimize="none")
     cases, expected = _cases(tiny_model, tiny_processor, tiny_config, [
         (["USER: <image>\nWhat is shown in the image? ASSISTANT:", "USER: <image>\nColor? ASSISTANT:"], images),
     ])
@@ -194,3 +194,21 @@ def test_anyres_export_is_refused_by_transformers_js_not_run_unpacked(saved_next
     proc = subprocess.run([node, str(tmp_path / "load.cjs"), str(TJS_DIR), str(out)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1 and "Unsupported model type: llava_next" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_gqa_export_is_refused_by_transformers_js(saved_llava, tmp_path):
+    # The GQA decoder takes positions from the mask and wants right-aligned rows: transformers.js feeds left-padded
+    # batches, so the folder keeps hf-llava's own model type, which transformers.js does not load.
+    from transformers import LlamaConfig
+
+    from hf_llava.onnx.builder import unavailable_reason
+
+    reason = unavailable_reason(LlamaConfig())
+    if reason:
+        pytest.skip(f"GQA decoder: {reason}")
+    node = _node_with_transformers_js()
+    out = export_onnx(saved_llava, tmp_path / "onnx-out", validate=False, show_progress=False, optimize="gqa")
+    (tmp_path / "load.cjs").write_text(LOAD_SCRIPT)
+    proc = subprocess.run([node, str(tmp_path / "load.cjs"), str(TJS_DIR), str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "Unsupported model type: hf_llava" in proc.stderr, proc.stderr[-2000:]

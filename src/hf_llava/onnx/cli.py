@@ -6,7 +6,7 @@ once, also where the `[onnx]` extra is not installed.
 
 import argparse
 
-from .layout import DTYPES, PROVIDERS
+from .layout import DTYPES, OPTIMIZE_LEVELS, PROVIDERS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +20,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="folder with the processor files (tokenizer, image processor) to ship, for a "
                              "MODEL_DIR without them (default: MODEL_DIR's own, or a LoRA adapter's base model's)")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
-                        help="variant written beside fp32: fp16 (for CUDA) or int8 (dynamic quantization)")
+                        help="variant written beside fp32: fp16 (for CUDA), int8 (dynamic quantization) or int4 "
+                             "(weight-only 4-bit MatMulNBits, block 32) (default: fp32 alone)")
+    parser.add_argument("--optimize", choices=OPTIMIZE_LEVELS, default="auto",
+                        help="the decoder graph: gqa = onnxruntime-genai's model builder (GroupQueryAttention, KV "
+                             "cache written in place; Llama / Mistral / Qwen2 LMs, transformers 5.x), none = traced "
+                             "from PyTorch (what transformers.js runs), auto = gqa where possible (default: auto)")
     parser.add_argument("--device", choices=tuple(PROVIDERS), default="cpu",
                         help="where ONNX Runtime runs the validation (cuda needs the [gpu] extra)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version of the graphs")
@@ -39,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
 
     out = export_onnx(args.model_dir, args.out_dir, dtype=args.dtype, device=args.device, opset=args.opset,
                       validate=args.validate, processor=args.processor, overwrite=args.overwrite,
-                      merge_adapter=args.merge_adapter)
+                      merge_adapter=args.merge_adapter, optimize=args.optimize)
     print(f"ONNX export written to {out}")
     return 0

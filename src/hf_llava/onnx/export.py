@@ -6,8 +6,12 @@ result into place. The graphs themselves live in `graphs.py`; inference lives in
 
 Layout written (transformers.js / onnx-community):
     OUT_DIR/config.json, generation_config.json, tokenizer / processor files, modeling files
-    OUT_DIR/onnx/{vision_encoder,embed_tokens,decoder_model_merged}{,_fp16,_quantized}.onnx
-    OUT_DIR/onnx/export_info.json   (dtype exported, opset, validation report)
+    OUT_DIR/onnx/{vision_encoder,embed_tokens,decoder_model_merged}{,_fp16,_quantized,_q4}.onnx
+    OUT_DIR/onnx/export_info.json   (dtype exported, opset, decoder kind, validation report)
+
+The decoder (`optimize`): `gqa` is onnxruntime-genai's model builder's graph (`builder.py`: GroupQueryAttention
+over an in-place KV buffer, fused rotary and norms), `none` the decoder traced from PyTorch, which transformers.js
+also runs; `auto` (the default) takes `gqa` where the builder can make this LM's decoder, else `none`.
 """
 
 import json
@@ -24,8 +28,18 @@ from .._io import atomic_output, check_output_folder
 from .._compat import image_features
 from .._extras import require
 from .._loading import is_adapter, load_llava_model, resolve_adapter_base
-from . import graphs
-from .layout import DTYPES, EXPORT_INFO, GRAPH_NAMES, PROVIDERS, SUFFIXES, TOLERANCES, extra_for, onnx_file
+from . import builder, graphs
+from .layout import (
+    DTYPES,
+    EXPORT_INFO,
+    GRAPH_NAMES,
+    OPTIMIZE_LEVELS,
+    PROVIDERS,
+    SUFFIXES,
+    TOLERANCES,
+    extra_for,
+    onnx_file,
+)
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".onnx_data", ".h5", ".msgpack")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -33,7 +47,8 @@ _MODEL_FILES = ("config.json", "generation_config.json")
 # transformers.js picks the model class, the KV-cache input names and the decoder sizes from `model_type`
 # (configs.js `getNormalizedConfig`, models/registry.js): it knows LLaVA as `llava`, not `hf_llava`. It has no
 # AnyRes packing (no `llava_next`): an AnyRes folder says `llava_next`, transformers' name, which transformers.js
-# refuses to load instead of running the tiles unpacked.
+# refuses to load instead of running the tiles unpacked. Nor does it know the GQA decoder's conventions (positions
+# from the mask, right-aligned rows): such a folder keeps hf-llava's own `hf_llava`, which transformers.js refuses.
 TRANSFORMERS_JS_MODEL_TYPE = "llava"
 ANYRES_MODEL_TYPE = "llava_next"
 
@@ -48,9 +63,13 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}"
 
 
-def _check_arguments(model_dir: Path, out_dir: Path, dtype: str, device: str, processor: Optional[Path]) -> None:
+def _check_arguments(
+    model_dir: Path, out_dir: Path, dtype: str, device: str, processor: Optional[Path], optimize: str
+) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}.")
+    if optimize not in OPTIMIZE_LEVELS:
+        raise ValueError(f"optimize={optimize!r}: expected one of {', '.join(OPTIMIZE_LEVELS)}.")
     if device not in PROVIDERS:
         raise ValueError(f"device={device!r}: expected one of {', '.join(PROVIDERS)}.")
     # `load_llava_model` checks these too, but only once it runs: here they come before the processor's check.
@@ -87,14 +106,31 @@ def _load_processor(model_dir: Path, model_source: Path, processor: Optional[Pat
     ) from failure
 
 
-def _export_graphs(model, onnx_dir: Path, opset: int, progress) -> None:
+def decoder_kind(model, optimize: str) -> tuple[str, Optional[str]]:
+    """`("gqa" | "none", why not gqa)` for `optimize` in auto / gqa / none; `gqa` that cannot be made raises."""
+    reason = builder.unavailable_reason(model.config.text_config) if optimize != "none" else "optimize='none'"
+    if optimize == "gqa" and reason:
+        raise ValueError(f"optimize='gqa' (--optimize gqa): {reason}. Use optimize='none' to trace the decoder.")
+    return ("none", reason) if reason else ("gqa", None)
+
+
+def decoder_description(decoder: str) -> str:
+    if decoder == "gqa":
+        return f"GroupQueryAttention (onnxruntime-genai {builder.builder_version()} model builder)"
+    return "traced from PyTorch (the layout transformers.js runs)"
+
+
+def _export_graphs(model, tokenizer, onnx_dir: Path, opset: int, decoder: str, progress) -> None:
+    def export_gqa_decoder(model, path: Path, opset: int) -> None:
+        builder.build_decoder(model, tokenizer, path, "fp32")
+
     steps = (
         ("vision_encoder", graphs.export_vision_encoder),
         ("embed_tokens", graphs.export_embed_tokens),
-        ("decoder_model_merged", graphs.export_decoder),
+        ("decoder_model_merged", export_gqa_decoder if decoder == "gqa" else graphs.export_decoder),
     )
     for name, export in steps:
-        progress.set_description(f"export {name}")
+        progress.set_description(f"export {name}" + (" (GroupQueryAttention)" if export is export_gqa_decoder else ""))
         try:
             export(model, onnx_dir / f"{name}.onnx", opset)
         except Exception as error:
@@ -108,35 +144,49 @@ def _export_graphs(model, onnx_dir: Path, opset: int, progress) -> None:
         progress.update(1)
 
 
-def _write_variant(onnx_dir: Path, dtype: str) -> None:
-    """fp16: every float tensor to half (inputs and cache included, for CUDA). int8: dynamic quantization."""
+def _write_variant(onnx_dir: Path, dtype: str, model, tokenizer, decoder: str) -> None:
+    """fp16: every float tensor to half (inputs and cache included, for CUDA; the GQA decoder is the builder's
+    fp16 graph). int8: dynamic quantization (MatMul / Gemm / Gather). int4: weight-only 4-bit `MatMulNBits`
+    (block 32, symmetric; `accuracy_level` 4: int8 compute on CPU) by onnxruntime's quantizer."""
     import onnx
 
-    for graph in GRAPH_NAMES:
-        source, target = onnx_dir / f"{graph}.onnx", onnx_dir / f"{graph}{SUFFIXES[dtype]}.onnx"
-        large = source.stat().st_size > 1_800_000_000 or any(onnx_dir.glob(f"{graph}.onnx*data"))
-        if dtype == "fp16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    # the quantizers log hints and per-node lines on the root logger, and importing the 4-bit one calls
+    # logging.basicConfig (a handler at INFO on the root logger): both are undone below
+    root.setLevel(logging.ERROR)
+    try:
+        if dtype == "int4":
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-            half = convert_float_to_float16(onnx.load(str(source)), keep_io_types=False)
-            onnx.save(half, str(target), save_as_external_data=large, location=f"{target.name}_data")
-        else:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            root = logging.getLogger()
-            level = root.level
-            # quantize_dynamic logs a "run pre-processing" hint per file on the root logger
             root.setLevel(logging.ERROR)
-            try:
-                quantize_dynamic(
-                    str(source), str(target), weight_type=QuantType.QInt8,
-                    op_types_to_quantize=["MatMul", "Gemm", "Gather"], use_external_data_format=large,
-                )
-            finally:
-                root.setLevel(level)
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        for graph in GRAPH_NAMES:
+            source, target = onnx_dir / f"{graph}.onnx", onnx_dir / f"{graph}{SUFFIXES[dtype]}.onnx"
+            large = source.stat().st_size > 1_800_000_000 or any(onnx_dir.glob(f"{graph}.onnx*data"))
+            if dtype == "fp16" and graph == "decoder_model_merged" and decoder == "gqa":
+                builder.build_decoder(model, tokenizer, target, "fp16")
+            elif dtype == "fp16":
+                half = convert_float_to_float16(onnx.load(str(source)), keep_io_types=False)
+                onnx.save(half, str(target), save_as_external_data=large, location=f"{target.name}_data")
+            elif dtype == "int8":
+                quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul", "Gemm", "Gather"], use_external_data_format=large)
+            else:
+                quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), block_size=32, is_symmetric=True,
+                                                 accuracy_level=4)
+                quantizer.process()
+                quantizer.model.save_model_to_file(str(target), use_external_data_format=large)
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
 
-def _copy_side_files(model_source: Path, out_dir: Path, model, processor, processor_source: Path) -> None:
+def _copy_side_files(
+    model_source: Path, out_dir: Path, model, processor, processor_source: Path, decoder: str
+) -> None:
     """Config, generation config and modeling files, no weights; the processor's files from where it was found."""
     separate = processor_source != model_source
     for path in model_source.iterdir():
@@ -157,7 +207,10 @@ def _copy_side_files(model_source: Path, out_dir: Path, model, processor, proces
     config_path = out_dir / "config.json"
     config = json.loads(config_path.read_text())
     anyres = model.config.image_aspect_ratio == "anyres"
-    config["model_type"] = ANYRES_MODEL_TYPE if anyres else TRANSFORMERS_JS_MODEL_TYPE
+    if anyres:
+        config["model_type"] = ANYRES_MODEL_TYPE
+    else:
+        config["model_type"] = TRANSFORMERS_JS_MODEL_TYPE if decoder == "none" else model.config.model_type
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -299,43 +352,47 @@ def export_onnx(
     processor: Union[str, Path, None] = None,
     overwrite: bool = False,
     merge_adapter: bool = False,
+    optimize: str = "auto",
 ) -> Path:
     """Export the hf-llava model saved in `model_dir` to `out_dir` (see the module docstring for the layout).
 
-    `dtype`: `fp32` (always written, the reference), `fp16` (for CUDA, suffix `_fp16`) or `int8` (dynamic
-    quantization, suffix `_quantized`) written beside it. `device`: the execution provider validation runs
-    on. `processor`: a folder holding the processor files (tokenizer, image processor), for a `model_dir`
-    without them (the default is `model_dir`'s own, or for a LoRA adapter its base model's). `overwrite`:
-    replace an existing non-empty `out_dir`. `merge_adapter`: `model_dir` may be a LoRA adapter, merged into
-    its base model. Returns `out_dir`. Bad inputs raise before any slow work; nothing is written to `out_dir`
-    until every step succeeded, validation and loading the processor back included.
+    `dtype`: `fp32` (always written, the reference), `fp16` (for CUDA, suffix `_fp16`), `int8` (dynamic
+    quantization, suffix `_quantized`) or `int4` (weight-only 4-bit, suffix `_q4`) written beside it.
+    `optimize`: the decoder graph, `auto` / `gqa` / `none` (see the module docstring). `device`: the execution
+    provider validation runs on. `processor`: a folder holding the processor files (tokenizer, image
+    processor), for a `model_dir` without them (the default is `model_dir`'s own, or for a LoRA adapter its base
+    model's). `overwrite`: replace an existing non-empty `out_dir`. `merge_adapter`: `model_dir` may be a LoRA
+    adapter, merged into its base model. Returns `out_dir`. Bad inputs raise before any slow work; nothing is
+    written to `out_dir` until every step succeeded, validation and loading the processor back included.
     """
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     processor_dir = None if processor is None else Path(processor).resolve()
-    _check_arguments(model_dir, out_dir, dtype, device, processor_dir)
+    _check_arguments(model_dir, out_dir, dtype, device, processor_dir, optimize)
     require("onnx", extra_for(device), "ONNX export")
     if validate or dtype != "fp32":
-        require("onnxruntime", extra_for(device), "Validating the export and writing fp16 / int8 variants")
+        require("onnxruntime", extra_for(device), "Validating the export and writing fp16 / int8 / int4 variants")
     check_output_folder(out_dir, overwrite, what="OUT_DIR")
     model_source = Path(resolve_adapter_base(model_dir)) if is_adapter(model_dir) else model_dir
     processor_source, llava_processor = _load_processor(model_dir, model_source, processor_dir)
     # before the progress bar: an adapter without merge_adapter=True or corrupt weights fail in one clean message
     model = load_llava_model(model_dir, merge_adapter=merge_adapter, dtype=torch.float32).eval()
+    decoder, why_not_gqa = decoder_kind(model, optimize)
     total = 5 + (dtype != "fp32") + bool(validate)  # 3 graphs, side files, move (+ variant, + validation)
     with tqdm(total=total, desc="export", disable=not show_progress) as progress:
         # nothing appears at out_dir unless every step succeeds
         with atomic_output(out_dir, overwrite, what="OUT_DIR") as tmp_dir:
             onnx_dir = tmp_dir / "onnx"
             onnx_dir.mkdir()
-            _export_graphs(model, onnx_dir, opset, progress)
+            _export_graphs(model, llava_processor.tokenizer, onnx_dir, opset, decoder, progress)
             if dtype != "fp32":
                 progress.set_description(f"write {dtype} variant")
-                _write_variant(onnx_dir, dtype)
+                _write_variant(onnx_dir, dtype, model, llava_processor.tokenizer, decoder)
                 progress.update(1)
             progress.set_description("copy config and processor")
-            _copy_side_files(model_source, tmp_dir, model, llava_processor, processor_source)
+            _copy_side_files(model_source, tmp_dir, model, llava_processor, processor_source, decoder)
             _check_processor_loads(tmp_dir)
-            info = {"dtype": dtype, "opset": opset, "files": [onnx_file(dtype, g) for g in GRAPH_NAMES]}
+            info = {"dtype": dtype, "opset": opset, "files": [onnx_file(dtype, g) for g in GRAPH_NAMES],
+                    "decoder": decoder_description(decoder)}
             (tmp_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
             progress.update(1)
             if validate:
@@ -345,6 +402,7 @@ def export_onnx(
                 progress.update(1)
             progress.set_description("move into place")
         progress.update(1)
+    print(f"decoder: {info['decoder']}" + (f" ({why_not_gqa})" if optimize == "auto" and why_not_gqa else ""))
     if validate:
         print(validation_summary(info["validation"]))
         if "warning" in info["validation"]:

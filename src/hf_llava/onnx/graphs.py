@@ -29,7 +29,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache
 
 from .._compat import CACHE_NAME
-from .layout import IMAGE_NEWLINE, kv_shape, past_names, present_names
+from .layout import IMAGE_NEWLINE, NUM_LOGITS_TO_KEEP, kv_shape, past_names, present_names
 
 
 class VisionEncoder(nn.Module):
@@ -81,8 +81,10 @@ def causal_mask_4d(attention_mask: torch.Tensor, query_length: int, dtype: torch
 class Decoder(nn.Module):
     """The LM + head with a flat KV cache (one `(B, kv_heads, past, head_dim)` tensor per key/value).
 
-    `inputs_embeds (B, T, hidden)`, `attention_mask (B, past + T)`, `position_ids (B, T)`, `*past` ->
-    `logits (B, T, vocab)`, `*present` (each `(B, kv_heads, past + T, head_dim)`).
+    `inputs_embeds (B, T, hidden)`, `attention_mask (B, past + T)`, `position_ids (B, T)`, `num_logits_to_keep ()`,
+    `*past` -> `logits (B, keep, vocab)` (keep = `num_logits_to_keep`, or T when it is 0), `*present` (each
+    `(B, kv_heads, past + T, head_dim)`). Generation asks for the last position only: a prefill then neither
+    computes nor copies `T x vocab` logits per row.
     """
 
     def __init__(self, model):
@@ -91,7 +93,7 @@ class Decoder(nn.Module):
         self.lm_head = model.lm_head
         self.num_layers = model.config.text_config.num_hidden_layers
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, *past):
+    def forward(self, inputs_embeds, attention_mask, position_ids, num_logits_to_keep, *past):
         cache = DynamicCache()
         for i in range(self.num_layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
@@ -107,7 +109,11 @@ class Decoder(nn.Module):
             return_dict=True,
             **{CACHE_NAME: cache},
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        hidden = outputs.last_hidden_state  # (B, T, hidden)
+        keep = torch.where(num_logits_to_keep > 0, num_logits_to_keep, query_length)
+        # a Range + Gather in the graph: both bounds stay dynamic (a Python slice would freeze them)
+        hidden = hidden.index_select(1, torch.arange(query_length - keep, query_length, device=hidden.device))
+        logits = self.lm_head(hidden)  # (B, keep, vocab)
         present = []
         for layer in getattr(outputs, CACHE_NAME).layers:
             present += [layer.keys, layer.values]
@@ -172,18 +178,19 @@ def export_decoder(model, path: Path, opset: int) -> None:
     attention_mask[1, 0] = 0
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past_len:]
     past = [torch.randn(batch, heads, past_len, head_dim) for _ in range(2 * num_layers)]
+    num_logits_to_keep = torch.tensor(2)  # neither 0 nor 1 nor T: no branch is frozen
     dynamic_axes = {
         "inputs_embeds": {0: "batch_size", 1: "sequence_length"},
         "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
         "position_ids": {0: "batch_size", 1: "sequence_length"},
-        "logits": {0: "batch_size", 1: "sequence_length"},
+        "logits": {0: "batch_size", 1: "kept_sequence_length"},
     }
     for name in past_names(num_layers):
         dynamic_axes[name] = {0: "batch_size", 2: "past_sequence_length"}
     for name in present_names(num_layers):
         dynamic_axes[name] = {0: "batch_size", 2: "total_sequence_length"}
     _export(
-        Decoder(model), (inputs_embeds, attention_mask, position_ids, *past), path,
-        ["inputs_embeds", "attention_mask", "position_ids", *past_names(num_layers)],
+        Decoder(model), (inputs_embeds, attention_mask, position_ids, num_logits_to_keep, *past), path,
+        ["inputs_embeds", "attention_mask", "position_ids", NUM_LOGITS_TO_KEEP, *past_names(num_layers)],
         ["logits", *present_names(num_layers)], dynamic_axes, opset,
     )

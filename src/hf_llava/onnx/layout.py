@@ -6,13 +6,21 @@ CLI (`cli.py`) share. It imports nothing heavy (no torch, transformers or ONNX R
 """
 
 # Most precise first: `ORTLlavaForConditionalGeneration.from_pretrained(dtype="auto")` takes the first present.
-DTYPES = ("fp32", "fp16", "int8")
-SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_quantized"}
+DTYPES = ("fp32", "fp16", "int8", "int4")
+# int4: weight-only 4-bit MatMulNBits (transformers.js calls this variant `q4`).
+SUFFIXES = {"fp32": "", "fp16": "_fp16", "int8": "_quantized", "int4": "_q4"}
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # Max |logits_ort - logits_torch| on the first step, relative to max(1, max |logits_torch|).
-TOLERANCES = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.15}
+TOLERANCES = {"fp32": 1e-3, "fp16": 5e-2, "int8": 0.15, "int4": 0.5}
 EXPORT_INFO = "onnx/export_info.json"
+# The decoder's scalar int64 input: logits for the last N positions only, 0 for all (transformers' `logits_to_keep`;
+# transformers.js feeds it when a graph has it: 1 while generating, 0 otherwise).
+NUM_LOGITS_TO_KEEP = "num_logits_to_keep"
+# How the decoder graph is made (`export_onnx(optimize=...)`): `gqa` by onnxruntime-genai's model builder
+# (GroupQueryAttention over a KV buffer written in place, fused rotary embedding and norms), `none` traced from
+# PyTorch (the layout transformers.js runs), `auto` the first of them that this LM and install allow.
+OPTIMIZE_LEVELS = ("auto", "gqa", "none")
 # AnyRes `spatial_unpad`: the vision graph's second output, the learned vector closing each row of tile features.
 IMAGE_NEWLINE = "image_newline"
 

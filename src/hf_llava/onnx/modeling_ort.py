@@ -1,8 +1,15 @@
 """`ORTLlavaForConditionalGeneration`: generation with the three exported graphs on ONNX Runtime.
 
 Owns: loading the sessions (provider, dtype variant), the image splice outside the graphs (AnyRes: the
-tiles' packing, with PyTorch's own `pack_anyres`), the decoding loop and its KV cache (numpy on CPU;
-OrtValues kept on the GPU through IOBinding on CUDA).
+tiles' packing, with PyTorch's own `pack_anyres`), the decoding loop and its KV cache, for both decoders
+`export_onnx` writes:
+- traced (`optimize="none"`): past in, present out, a new cache each step (numpy on CPU; OrtValues kept on the
+  GPU through IOBinding on CUDA);
+- GroupQueryAttention (`optimize="gqa"`, onnxruntime-genai's builder): one buffer per layer's keys / values,
+  sized for the whole generation and bound as both past and present (IOBinding on CPU as on CUDA), which the op
+  writes in place. Its rows are right-aligned at position 0 of the buffer (positions come from the mask): each
+  prompt is prefilled alone into its row, without padding; then every step decodes the whole batch.
+Both return the last position's logits only while generating (`num_logits_to_keep`).
 
 Why a loop of our own rather than `GenerationMixin`: `GenerationMixin` drives a torch module whose
 cache is a `transformers.Cache` of torch tensors (plus `device`, parameters, `cache_position`
@@ -51,7 +58,17 @@ from .._compat import complete_generation_config
 from .._extras import require
 from ..modeling import LlavaConfig
 from ..modeling.modeling_llava import anyres_tiles, pack_anyres
-from .layout import DTYPES, EXPORT_INFO, GRAPH_NAMES, IMAGE_NEWLINE, kv_shape, onnx_file, past_names, present_names
+from .layout import (
+    DTYPES,
+    EXPORT_INFO,
+    GRAPH_NAMES,
+    IMAGE_NEWLINE,
+    NUM_LOGITS_TO_KEEP,
+    kv_shape,
+    onnx_file,
+    past_names,
+    present_names,
+)
 
 ort = require("onnxruntime", "onnx", "ONNX Runtime inference")
 logger = logging.getLogger(__package__)  # "hf_llava.onnx"
@@ -105,6 +122,10 @@ class ORTLlavaForConditionalGeneration:
         self.float_dtype = _ORT_TYPES[inputs["inputs_embeds"]]
         self.provider = self.decoder_session.get_providers()[0]
         self.use_io_binding = self.provider == "CUDAExecutionProvider"
+        # the builder's GroupQueryAttention decoder takes no position_ids; exports older than num_logits_to_keep
+        # return every position's logits
+        self.gqa = "position_ids" not in inputs
+        self.keeps_logits = NUM_LOGITS_TO_KEEP in inputs
 
     @classmethod
     def from_pretrained(
@@ -218,13 +239,18 @@ class ORTLlavaForConditionalGeneration:
             return [ort.OrtValue.ortvalue_from_numpy(empty, "cuda", 0) for _ in range(2 * self.num_layers)]
         return [empty] * (2 * self.num_layers)
 
-    def decode_step(self, inputs_embeds, attention_mask, position_ids, past: list) -> tuple[np.ndarray, list]:
-        """One decoder run -> `logits (B, T, vocab)` (numpy, on the host) and the new cache (`2 * layers` items)."""
+    def decode_step(
+        self, inputs_embeds, attention_mask, position_ids, past: list, keep: int = 0
+    ) -> tuple[np.ndarray, list]:
+        """One run of the traced decoder -> `logits (B, keep or T, vocab)` (numpy, on the host) and the new cache
+        (`2 * layers` items)."""
         feeds = {
             "inputs_embeds": inputs_embeds.astype(self.float_dtype),
             "attention_mask": attention_mask.astype(np.int64),
             "position_ids": position_ids.astype(np.int64),
         }
+        if self.keeps_logits:
+            feeds[NUM_LOGITS_TO_KEEP] = np.array(keep, np.int64)
         if not self.use_io_binding:
             feeds.update(zip(past_names(self.num_layers), past))
             logits, *present = self.decoder_session.run(None, feeds)
@@ -242,14 +268,93 @@ class ORTLlavaForConditionalGeneration:
         logits, *present = binding.get_outputs()
         return logits.numpy(), present
 
+    # the GroupQueryAttention decoder
+
+    def _kv_buffers(self, batch: int, max_length: int) -> list:
+        """One `(B, kv_heads, max_length, head_dim)` buffer per layer's keys and values, on the decoder's device."""
+        device = "cuda" if self.use_io_binding else "cpu"
+        shape = [batch, self.kv_heads, max_length, self.head_dim]
+        return [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.float_dtype, device, 0)
+                for _ in range(2 * self.num_layers)]
+
+    def gqa_step(self, inputs_embeds: np.ndarray, lengths: np.ndarray, buffers: list, first_row: int = 0,
+                 keep: int = 0) -> np.ndarray:
+        """One run of the GQA decoder on buffer rows `first_row ..` (as many as `inputs_embeds` has): row r's
+        `(T, hidden)` tokens are its last ones, `lengths[r]` tokens in all (cached + these). -> `logits (B, keep or
+        T, vocab)` on the host; the op writes the new keys / values into `buffers` in place."""
+        batch = len(inputs_embeds)
+        device = "cuda" if self.use_io_binding else "cpu"
+        binding = self.decoder_session.io_binding()
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(inputs_embeds, dtype=self.float_dtype))
+        # (B, max length): row r's first lengths[r] positions hold tokens; the op reads positions from the sums
+        mask = (np.arange(lengths.max())[None, :] < lengths[:, None]).astype(np.int64)
+        binding.bind_cpu_input("attention_mask", mask)
+        if self.keeps_logits:
+            binding.bind_cpu_input(NUM_LOGITS_TO_KEEP, np.array(keep, np.int64))
+        binding.bind_output("logits", "cpu")  # first: get_outputs() lists outputs in binding order
+        names = zip(past_names(self.num_layers), present_names(self.num_layers), buffers)
+        for past_name, present_name, buffer in names:
+            full = buffer.shape()
+            row_bytes = int(np.prod(full[1:])) * np.dtype(self.float_dtype).itemsize
+            shape, pointer = [batch, *full[1:]], buffer.data_ptr() + first_row * row_bytes
+            binding.bind_input(past_name, device, 0, self.float_dtype, shape, pointer)
+            binding.bind_output(present_name, device, 0, self.float_dtype, shape, pointer)  # the same memory
+        self.decoder_session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+    def _gqa_prefill(self, embeds: np.ndarray, mask: np.ndarray, buffers: list, keep: int) -> list[np.ndarray]:
+        """Each prompt alone into its buffer row (only its real tokens, wherever the padding was) -> per row
+        `logits (1, keep or its length, vocab)`."""
+        return [self.gqa_step(embeds[row:row + 1, mask[row] == 1], mask[row:row + 1].sum(-1), buffers, row, keep)
+                for row in range(len(embeds))]
+
+    # both decoders
+
+    def _stepper(self, mask: np.ndarray, max_new_tokens: int):
+        """`step(inputs_embeds) -> last-position logits (B, vocab)`: the prompt's on the first call (`mask (B, T)`,
+        left padding), then one new token per row per call."""
+        batch = len(mask)
+        if self.gqa:
+            lengths = mask.sum(-1)
+            buffers = self._kv_buffers(batch, int(lengths.max()) + max_new_tokens)
+            first = True
+
+            def step(embeds: np.ndarray) -> np.ndarray:
+                nonlocal first, lengths
+                if first:
+                    first = False
+                    return np.concatenate([row[:, -1] for row in self._gqa_prefill(embeds, mask, buffers, keep=1)])
+                lengths = lengths + 1
+                return self.gqa_step(embeds, lengths, buffers, keep=1)[:, -1]
+            return step
+
+        past = self._empty_past(batch)
+        position_ids = np.where(mask == 0, 1, mask.cumsum(-1) - 1)  # left padding, as transformers
+
+        def step(embeds: np.ndarray) -> np.ndarray:
+            nonlocal past, mask, position_ids
+            logits, past = self.decode_step(embeds, mask, position_ids, past, keep=1)
+            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=-1)
+            position_ids = mask.sum(-1, keepdims=True) - 1  # (B, 1)
+            return logits[:, -1]
+        return step
+
     def first_step_logits(
         self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, **_
     ) -> np.ndarray:
-        """Prefill logits `(B, T, vocab)` for a prompt (what validation compares with PyTorch)."""
+        """Prefill logits `(B, T, vocab)` for a prompt, every position (what validation compares with PyTorch;
+        padded positions: garbage with the traced decoder, 0 with the GQA one)."""
         input_ids = _numpy(input_ids)
         attention_mask = np.ones_like(input_ids) if attention_mask is None else _numpy(attention_mask)
-        position_ids = np.where(attention_mask == 0, 1, attention_mask.cumsum(-1) - 1)
         embeds = self.embed(input_ids, _numpy(pixel_values), image_sizes)
+        if self.gqa:
+            buffers = self._kv_buffers(len(input_ids), input_ids.shape[1])
+            rows = self._gqa_prefill(embeds, attention_mask, buffers, keep=0)
+            logits = np.zeros((*input_ids.shape, rows[0].shape[-1]), dtype=rows[0].dtype)
+            for row, row_logits in enumerate(rows):
+                logits[row, attention_mask[row] == 1] = row_logits[0]
+            return logits
+        position_ids = np.where(attention_mask == 0, 1, attention_mask.cumsum(-1) - 1)
         return self.decode_step(embeds, attention_mask, position_ids, self._empty_past(len(input_ids)))[0]
 
     # generation
@@ -386,8 +491,7 @@ class ORTLlavaForConditionalGeneration:
         pad_finished = any(hasattr(c, "eos_token_id") for c in criteria)  # transformers' has_eos_stopping_criteria
 
         embeds = self.embed(ids.numpy(), _numpy(pixel_values), image_sizes)
-        position_ids = np.where(mask == 0, 1, mask.cumsum(-1) - 1)  # left padding, as transformers
-        past = self._empty_past(batch)
+        step = self._stepper(mask, max_new)
         unfinished = torch.ones(batch, dtype=torch.bool)
         raw_logits, all_scores = [], []
         # what transformers hands to stopping criteria as `scores`: the scores so far when kept, else None
@@ -395,8 +499,7 @@ class ORTLlavaForConditionalGeneration:
         if streamer is not None:
             streamer.put(ids)  # (B, T)
         for _ in range(max_new):
-            logits, past = self.decode_step(embeds, mask, position_ids, past)
-            step_logits = torch.from_numpy(logits[:, -1, :].astype(np.float32))
+            step_logits = torch.from_numpy(step(embeds).astype(np.float32))  # (B, vocab)
             scores = processors(ids, step_logits.clone())
             raw_logits.append(step_logits)
             all_scores.append(scores)
@@ -413,8 +516,6 @@ class ORTLlavaForConditionalGeneration:
             if not unfinished.any():
                 break
             embeds = self.embed_session.run(None, {"input_ids": next_tokens[:, None].numpy()})[0]
-            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=-1)
-            position_ids = mask.sum(-1, keepdims=True) - 1  # (B, 1)
         if streamer is not None:
             streamer.end()
         if config.return_dict_in_generate:
