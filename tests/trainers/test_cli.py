@@ -180,10 +180,14 @@ def test_help_defaults_are_the_configs_defaults(stage, tmp_path):
     assert {"num_train_epochs", "per_device_train_batch_size", "max_length", "template", "image_aspect_ratio",
             "gradient_checkpointing", "seed"} <= set(flags)
     assert flags == {name: fields[name] for name in flags}
-    if stage == "stage2":
+    if stage == "stage2":  # --lora-r / --lora-alpha: the recipe's LoRA values, or QLoRA's with --load-in
+        from hf_llava.trainers.recipe import QLORA
+
         lora = inspect.signature(lm_lora_config).parameters
-        lora_flags = {action.dest: action.default for action in stage_parser._actions}
-        assert (lora_flags["lora_r"], lora_flags["lora_alpha"]) == (lora["r"].default, lora["lora_alpha"].default)
+        helps = {action.dest: action.help for action in stage_parser._actions}
+        for name in ("r", "lora_alpha"):
+            flag = "lora_r" if name == "r" else name
+            assert f"default: {lora[name].default};" in helps[flag] and f"QLoRA's {QLORA[name]}" in helps[flag]
     args = parser.parse_args(["train", stage, "--data", "d.json", "--output", str(tmp_path)])
     built, default = _config(args), config_class(output_dir=str(tmp_path))
     for name in ("learning_rate", "warmup_ratio", "lr_scheduler_type", "weight_decay", *flags):

@@ -9,7 +9,7 @@ import logging
 import os
 
 from ..data.llava_json import BAD_IMAGE_POLICIES, IMAGE_ASPECT_RATIOS, IMAGE_POSITIONS
-from .recipe import LORA, NEXT, STAGE1, STAGE2, stage_defaults
+from .recipe import LORA, NEXT, QLORA, STAGE1, STAGE2, stage_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +77,19 @@ def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
                             help="mm_projector.safetensors (or its folder) to load into --model")
         parser.add_argument("--lora", action="store_true",
                             help=f"LoRA on the language model (lr {LORA['learning_rate']}, projector lr "
-                                 f"{LORA['projector_lr']})")
-        parser.add_argument("--lora-r", type=int, default=LORA["r"], help="LoRA rank")
-        parser.add_argument("--lora-alpha", type=int, default=LORA["lora_alpha"], help="LoRA alpha (scale alpha / r)")
-        parser.add_argument("--merge-lora", action="store_true", help="also write the merged model to OUTPUT/merged")
+                                 f"{LORA['projector_lr']}); with --load-in 4bit QLoRA (lr {QLORA['learning_rate']} "
+                                 "for both, gradient checkpointing)")
+        parser.add_argument("--lora-r", type=int, default=None,
+                            help=f"LoRA rank (default: {LORA['r']}; with --load-in, QLoRA's {QLORA['r']})")
+        parser.add_argument("--lora-alpha", type=int, default=None,
+                            help=f"LoRA alpha, the scale is alpha / r (default: {LORA['lora_alpha']}; with --load-in, "
+                                 f"QLoRA's {QLORA['lora_alpha']})")
+        parser.add_argument("--merge-lora", action="store_true",
+                            help="also write the merged model to OUTPUT/merged (with --load-in: merged into the base "
+                                 "loaded in full precision)")
+        from .._cli_args import add_quantization_arguments
+
+        add_quantization_arguments(parser)  # with --lora: QLoRA
         parser.add_argument("--tune-vision-tower", action="store_true", help="also train the vision tower")
         parser.add_argument("--vision-tower-lr", type=float, default=None,
                             help=f"the vision tower's learning rate; also trains the tower (LLaVA-NeXT: "
@@ -105,11 +114,14 @@ def _config(args: argparse.Namespace):
     kwargs = {name: getattr(args, name) for _, name, _, _ in _CONFIG_FLAGS}
     kwargs.update(output_dir=args.output, projector_lr=args.projector_lr,
                   gradient_checkpointing=args.gradient_checkpointing)
+    recipe = QLORA if not stage1 and args.load_in else LORA
+    if not stage1 and args.load_in and args.gradient_checkpointing is None:
+        kwargs["gradient_checkpointing"] = QLORA["gradient_checkpointing"]
     if args.lr is not None:
         kwargs["learning_rate"] = args.lr
     elif not stage1 and args.lora:
-        kwargs["learning_rate"] = LORA["learning_rate"]
-        kwargs["projector_lr"] = args.projector_lr or LORA["projector_lr"]
+        kwargs["learning_rate"] = recipe["learning_rate"]
+        kwargs["projector_lr"] = args.projector_lr or recipe["projector_lr"]
     if stage1:
         return LlavaStage1Config(**kwargs)
     return LlavaStage2Config(tune_vision_tower=args.tune_vision_tower, freeze_llm=args.freeze_llm,
@@ -156,6 +168,21 @@ def _check_model_source(args: argparse.Namespace) -> bool:
     return args.model is None
 
 
+def _check_quantization(args: argparse.Namespace, built: bool):
+    """The `BitsAndBytesConfig` of --load-in (stage 2 only), refused where it cannot apply."""
+    if args.stage == "stage1":
+        return None
+    if args.load_in is not None and not args.lora:
+        raise ValueError(f"--load-in {args.load_in}: quantised weights cannot train; add --lora to train LoRA "
+                         "adapters on the quantised language model (QLoRA).")
+    if args.load_in is not None and built:
+        raise ValueError("--load-in quantises a saved model while it loads: pass --model DIR (save the LLaVA built "
+                         "from --vision-tower and --language-model first, e.g. as stage 1 does).")
+    from .._cli_args import quantization_config
+
+    return quantization_config(args)
+
+
 def run(args: argparse.Namespace) -> int:
     """Checks the output folder and the data, then loads the model, trains and saves (see the module's order)."""
     from .._loading import check_merge_adapter, is_adapter
@@ -167,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
     stage1 = args.stage == "stage1"
     lora = not stage1 and args.lora
     built = _check_model_source(args)
+    quantization = _check_quantization(args, built)
     if not built:
         check_merge_adapter(args.model, args.merge_adapter, "model")
     resume = check_training_output(args.output, overwrite=args.overwrite, resume=args.resume)
@@ -200,19 +228,31 @@ def run(args: argparse.Namespace) -> int:
 
                 load_projector(model, args.projector)
         else:
+            quantized = {} if quantization is None else {"quantization_config": quantization,
+                                                         "device_map": {"": config.device}}
             model = load_model_with_projector(args.model, None if stage1 else args.projector,
-                                              merge_adapter=args.merge_adapter)
+                                              merge_adapter=args.merge_adapter, **quantized)
             processor = AutoProcessor.from_pretrained(_processor_folder(args.model))
         common = dict(model=model, args=config, train_dataset=dataset, processing_class=processor)
         if stage1:
             trainer = LlavaStage1Trainer(**common)
         else:
-            peft_config = lm_lora_config(r=args.lora_r, lora_alpha=args.lora_alpha) if lora else None
+            recipe = QLORA if quantization is not None else LORA
+            rank = {name: recipe[name] if value is None else value
+                    for name, value in (("r", args.lora_r), ("lora_alpha", args.lora_alpha))}
+            peft_config = lm_lora_config(**rank) if lora else None
             trainer = LlavaStage2Trainer(peft_config=peft_config, **common)
         trainer.train(resume_from_checkpoint=resume)
         if lora and args.merge_lora:
             merged_dir = os.path.join(args.output, "merged")
-            merge_lora(trainer.model, merged_dir, processor)
+            if quantization is None:
+                merge_lora(trainer.model, merged_dir, processor)
+            else:  # merging into 4 / 8-bit weights would round them again: the adapter goes onto the full base
+                from .._loading import load_llava_model
+
+                logger.info("--merge-lora: merging the adapter into %s loaded in full precision, not into the "
+                            "%s training copy", args.model, args.load_in)
+                merge_lora(load_llava_model(args.output, merge_adapter=True), merged_dir, processor)
             logger.info("Merged model written to %s", merged_dir)
     logger.info("Stage %s done: %s", args.stage[-1], args.output)
     trainer.accelerator.end_training()  # tears down the process group: a live one can abort the interpreter at exit

@@ -37,6 +37,13 @@ def _accelerator_available() -> bool:
     return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
+def checkpointing_of(args) -> tuple[bool, Optional[dict]]:
+    """Whether training arguments turn activation (gradient) checkpointing on, and its kwargs, read under the
+    installed transformers' name (`_LlavaStageConfig._resolve_checkpointing`)."""
+    name = "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing"
+    return bool(getattr(args, name)), getattr(args, f"{name}_kwargs")
+
+
 @dataclass
 class _LlavaStageConfig(SFTConfig):
     """The base of both stages' configs: the fields they share, on top of `SFTConfig`.
@@ -179,4 +186,4 @@ class LlavaStage2Config(_LlavaStageConfig):
         super().__post_init__()
 
 
-__all__ = ["LlavaStage1Config", "LlavaStage2Config"]
+__all__ = ["LlavaStage1Config", "LlavaStage2Config", "checkpointing_of"]

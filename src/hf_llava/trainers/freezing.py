@@ -7,6 +7,7 @@ trains with the projector), everything else is the language model (`language_mod
 
 from typing import Iterable, Optional
 
+import torch
 from torch import nn
 
 from .recipe import LORA
@@ -77,6 +78,37 @@ def lm_lora_config(
     )
 
 
+def is_quantized(model: nn.Module) -> bool:
+    """Whether `model` was loaded in 4 or 8 bits by bitsandbytes (`quantization_config`)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def prepare_quantized(model: nn.Module, gradient_checkpointing: bool, checkpointing_kwargs: Optional[dict] = None):
+    """QLoRA's preparation, PEFT's `prepare_model_for_kbit_training`: every parameter frozen, the float16 /
+    bfloat16 ones outside the quantised layers upcast to float32, and with `gradient_checkpointing` the inputs'
+    gradients enabled and checkpointing on."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                           gradient_checkpointing_kwargs=checkpointing_kwargs)
+
+
+def trainable_in_full_precision(model: nn.Module) -> int:
+    """Trainable parameters (LoRA adapters, the projector) back to float32; returns how many were cast.
+
+    TRL casts a quantised model's trainable parameters to bfloat16 (the QLoRA paper's adapters). The projector's
+    small updates would be rounded away in bfloat16 (8 bits of mantissa: an update below ~1/256 of the weight is
+    lost), and a resumed run would train differently from the first: PEFT loads a checkpoint's adapter in
+    float32 (its default). Kept in float32, as PEFT makes them; bf16 mixed precision still runs the matmuls in bf16.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def ensure_projector_saved(peft_config) -> None:
     """Add the projector to `modules_to_save` (trained fully and saved with the adapter)."""
     modules = list(peft_config.modules_to_save or [])
@@ -127,6 +159,7 @@ def split_param_groups(optimizer, model: nn.Module, projector_lr: Optional[float
 
 
 __all__ = [
-    "GROUP_NAMES", "LM_LINEAR_NAMES", "check_lora_placement", "ensure_projector_saved", "lm_lora_config",
-    "part_of", "set_trainable", "split_param_groups", "stage_parts",
+    "GROUP_NAMES", "LM_LINEAR_NAMES", "check_lora_placement", "ensure_projector_saved", "is_quantized",
+    "lm_lora_config", "part_of", "prepare_quantized", "trainable_in_full_precision", "set_trainable",
+    "split_param_groups", "stage_parts",
 ]

@@ -22,6 +22,12 @@ STAGE2 = {"learning_rate": 2e-5, "per_device_train_batch_size": 16, "template": 
           "image_aspect_ratio": "pad"}
 # LoRA variant of stage 2: LoRA on the language model, the projector fully trained at its own rate.
 LORA = {"r": 128, "lora_alpha": 256, "lora_dropout": 0.05, "learning_rate": 2e-4, "projector_lr": 2e-5}
+# QLoRA (`hf-llava train stage2 --lora --load-in 4bit`), as the original's `scripts/finetune_qlora.sh` (a v1 script;
+# v1.5 has no QLoRA one): LoRA on the language model loaded in 4-bit NF4 with double quantisation (the defaults of
+# `hf_llava._loading.bitsandbytes_config`), the rank and alpha of its training code's defaults (the script sets
+# neither), one rate for the adapters and the projector (projector_lr None: learning_rate), dropout as LORA's,
+# gradient checkpointing on.
+QLORA = {"r": 64, "lora_alpha": 16, "learning_rate": 2e-5, "projector_lr": None, "gradient_checkpointing": True}
 # LLaVA-NeXT (1.6; its release had no training code, these are the rates of the LLaVA-NeXT repository's stage-2
 # scripts): stage 1 as 1.5; stage 2 on AnyRes tiles, the language model (and projector) at 1e-5, the vision tower
 # trained too at its own 2e-6.
@@ -40,4 +46,4 @@ def stage_defaults(stage: int) -> dict:
     return {**SCHEDULE, **RUN, "image_position": IMAGE_POSITION, **(STAGE1 if stage == 1 else STAGE2)}
 
 
-__all__ = ["IMAGE_POSITION", "LORA", "NEXT", "RUN", "SCHEDULE", "STAGE1", "STAGE2", "stage_defaults"]
+__all__ = ["IMAGE_POSITION", "LORA", "NEXT", "QLORA", "RUN", "SCHEDULE", "STAGE1", "STAGE2", "stage_defaults"]

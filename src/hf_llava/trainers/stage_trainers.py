@@ -17,8 +17,9 @@ from accelerate.utils import gather_object
 from trl import SFTTrainer
 
 from ..data.collator import LlavaDataCollator, data_summary
-from .configs import LlavaStage1Config, LlavaStage2Config, optim_has_param_groups
-from .freezing import check_lora_placement, ensure_projector_saved, set_trainable, split_param_groups, stage_parts
+from .configs import LlavaStage1Config, LlavaStage2Config, checkpointing_of, optim_has_param_groups
+from .freezing import (check_lora_placement, ensure_projector_saved, is_quantized, prepare_quantized,
+                       trainable_in_full_precision, set_trainable, split_param_groups, stage_parts)
 from .projector import PROJECTOR_FILE, save_projector
 
 logger = logging.getLogger(__name__)
@@ -45,11 +46,17 @@ class _LlavaTrainer(SFTTrainer):
                 image_aspect_ratio=args.image_aspect_ratio, report_in_batch=True,
             )
         tune_tower = getattr(args, "tune_vision_tower", False)
+        quantized = is_quantized(model)
+        if quantized and peft_config is None:
+            raise ValueError("The model is loaded in 4 / 8 bits (quantization_config), whose weights cannot train: "
+                             "train LoRA adapters on it (QLoRA) with peft_config=lm_lora_config() (lora=True).")
         if peft_config is not None:
             if tune_tower:
                 raise ValueError("tune_vision_tower (or vision_tower_lr) with LoRA is not supported: LoRA targets the "
                                  "language model only.")
             ensure_projector_saved(peft_config)
+            if quantized:  # QLoRA: PEFT's preparation before the adapters are added
+                prepare_quantized(model, *checkpointing_of(args))
             if hasattr(getattr(model, "model", None), "image_newline"):
                 logger.warning("LoRA: the AnyRes image_newline keeps its current values (PEFT trains and saves whole "
                                "modules such as the projector, not single parameters); it trains in stage 1 and in "
@@ -63,6 +70,8 @@ class _LlavaTrainer(SFTTrainer):
         if peft_config is not None:
             check_lora_placement(self.model)
             self._record_adapter_base()
+            if quantized:
+                trainable_in_full_precision(self.model)
         self._data_skipped: list = []  # from the batches' `data_report`: counted wherever the collator ran
         self._data_truncated = 0
         self._group_rates: dict[str, float] = {}  # each named optimizer group's rate at the last step
