@@ -27,6 +27,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing DST (only once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # refused with its reason (not an unknown flag): conversion reads and writes full-precision weights
+    parser.add_argument("--load-in", help=argparse.SUPPRESS)
 
 
 def _read_template(value: str) -> str:
@@ -44,6 +46,10 @@ def _read_template(value: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Call the conversion named by --from/--to; errors raise (the CLI prints them in two lines)."""
+    if args.load_in is not None:
+        raise ValueError(f"--load-in {args.load_in}: hf-llava convert reads and writes full-precision weights; "
+                         "convert the full-precision folder, then load the result with --load-in (train, eval, "
+                         "serve, chat).")
     route = _ROUTES.get((args.source_format, args.target_format))
     if route is None:
         raise ValueError(f"--from {args.source_format} --to {args.target_format} is not a conversion; expected one "

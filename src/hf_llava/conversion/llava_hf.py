@@ -29,6 +29,7 @@ from ..processing import LlavaProcessor, get_chat_template
 from ..modeling.configuration_llava import add_legacy_rope_fields
 from ..processing.processing_llava import strip_json_fields, write_portable_processor_files
 from .._io import atomic_output
+from .._loading import refuse_quantized
 from .common import (
     DROP,
     ConversionError,
@@ -109,6 +110,7 @@ def convert_llava_hf_to_hf_llava(
     src = Path(src)
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src}: no config.json; pass a llava-hf model folder.")
+    refuse_quantized(src, "hf-llava convert")
     raw = read_json(src / "config.json")
     if raw.get("model_type") not in _CLASS_PREFIXES:
         raise ConversionError(
@@ -197,6 +199,7 @@ def convert_hf_llava_to_llava_hf(
     raw = read_json(src / "config.json") if (src / "config.json").is_file() else {}
     if raw.get("model_type") != LlavaConfig.model_type:
         raise ConversionError(f"{src}: expected an hf-llava folder (config.json with model_type 'hf_llava').")
+    refuse_quantized(src, "hf-llava convert")
     config = LlavaConfig.from_pretrained(src)
     target_config = transformers_config(config, str(src))
     _, model_cls, processor_cls = _transformers_classes(target_config.model_type)

@@ -37,6 +37,7 @@ from ..modeling.configuration_llava import PATCH_MERGE_TYPES, projector_depth
 from ..processing import LlavaProcessor
 from ..builder import build_processor, tower_config
 from .._io import atomic_output
+from .._loading import refuse_quantized
 from .common import (
     DROP,
     ConversionError,
@@ -354,6 +355,9 @@ def convert_original_to_hf_llava(
     projector or a LoRA adapter. `chat_template`: a name from `CHAT_TEMPLATES` or Jinja source.
     """
     src = Path(src)
+    for folder in (src, model_base):
+        if folder is not None and Path(folder).is_dir():
+            refuse_quantized(folder, "hf-llava convert")
     kind, raw = _checkpoint_kind(src, model_base)
     lm_origin = src if kind == "full" else Path(model_base)
     lm_raw = raw if kind == "full" else read_json(lm_origin / "config.json")

@@ -90,15 +90,22 @@ class JournaledAnswers:
 
     Creating it checks the journal (another run's is refused unless `overwrite`) and writes nothing;
     `generate(...)` loads the model only when an answer is missing, journals each batch as it comes and
-    returns `{str(question_id): answer}`. `summary` says how many were generated and reused.
+    returns `{str(question_id): answer}`. `summary` says how many were generated and reused. With `quantization`
+    (a `BitsAndBytesConfig`) the model loads in 4 / 8 bits, and the journal is that quantised model's.
     """
 
     def __init__(self, model_path: PathLike, questions: list[dict], output: Path, *, max_new_tokens: int = 128,
-                 overwrite: bool = False):
+                 overwrite: bool = False, quantization=None):
         self.model_path, self.questions, self.max_new_tokens = model_path, questions, max_new_tokens
+        self.quantization = quantization
+        if quantization is not None and is_onnx_folder(model_path):
+            raise ValueError(f"model={model_path} is an ONNX export; 4 / 8-bit loading (--load-in, bitsandbytes) "
+                             "quantises PyTorch weights: pass the PyTorch folder it was exported from.")
         inputs = [[str(q["question_id"]), q["text"], str(q["image"])] for q in questions]
         self.run = {"model": model_fingerprint(model_path), "max_new_tokens": max_new_tokens,
                     "inputs": digest(inputs, DIGEST_CHARS)}
+        if quantization is not None:  # a 4 / 8-bit model answers differently: its own journal
+            self.run["quantization"] = quantization.to_json_string(use_diff=True)
         self.path = beside(output, ANSWERS)
         self.journal, self.fresh = open_journal(self.path, self.run, overwrite=overwrite, output=output)
         done = self.journal.results(ANSWERS)
@@ -109,7 +116,13 @@ class JournaledAnswers:
                  merge_adapter: bool = False, progress: bool = True) -> dict[str, str]:
         start = time.perf_counter()
         if self.pending:
-            model, processor = load_model(self.model_path, device, merge_adapter)
+            if self.quantization is None:
+                model, processor = load_model(self.model_path, device, merge_adapter)
+            else:
+                from .._loading import load_quantized
+
+                model, processor = load_quantized(self.model_path, self.quantization, merge_adapter=merge_adapter,
+                                                  device=device)
             self.journal.start(self.run, fresh=self.fresh)
             pending = self.pending
 

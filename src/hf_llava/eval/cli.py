@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from .._cli_args import add_parser
+from .._cli_args import add_parser, add_quantization_arguments, quantization_config
 from ..teachers import add_teacher_arguments, teacher_settings
 
 
@@ -27,6 +27,7 @@ def _common(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
                         help="replace an existing report, and journals beside it from another model or judge")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (in a log, where stderr is not a terminal: no progress lines)")
+    add_quantization_arguments(parser)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +57,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _model_args(args: argparse.Namespace) -> dict:
     return dict(images=args.images, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                 device=args.device, merge_adapter=args.merge_adapter, overwrite=args.overwrite,
-                progress=not args.no_progress)
+                progress=not args.no_progress, quantization=quantization_config(args, args.device))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from .report import format_table
 def run_llava_bench(model: str, questions: str, references: str, context: str, output: str, judge: Teacher, *,
                     images: Optional[str] = None, batch_size: int = 8, max_new_tokens: int = 1024,
                     device: Optional[str] = None, merge_adapter: bool = False, review_retries: int = 3,
-                    overwrite: bool = False, progress: bool = True) -> dict:
+                    overwrite: bool = False, progress: bool = True, quantization=None) -> dict:
     """Answer, judge and score LLaVA-Bench; write the report JSON (`output`) and return it.
 
     `judge` is a `hf_llava.teachers.Teacher` (an `OpenAITeacher` for the paper's protocol). `images`
@@ -41,7 +41,8 @@ def run_llava_bench(model: str, questions: str, references: str, context: str, o
     if review_retries < 0:
         raise ValueError(f"review_retries={review_retries}: must be 0 or more.")
     report_path = check_report(output, overwrite)
-    answers = JournaledAnswers(model, checked, report_path, max_new_tokens=max_new_tokens, overwrite=overwrite)
+    answers = JournaledAnswers(model, checked, report_path, max_new_tokens=max_new_tokens, overwrite=overwrite,
+                               quantization=quantization)
     inputs = [[str(q["question_id"]), q["text"], q["image"], reference_texts[str(q["question_id"])],
                contexts[q["image"]]] for q in checked]
     run = {"judge": judge.name, "prompt": digest([JUDGE_SYSTEM, JUDGE_TASK], DIGEST_CHARS),

@@ -102,13 +102,15 @@ def evaluate_multiple_choice(model, processor, questions: Sequence[dict], images
 
 def run_multiple_choice(model: str, questions: str, output: str, *, images: Optional[str] = None,
                         batch_size: int = 8, max_new_tokens: int = 128, device: Optional[str] = None,
-                        merge_adapter: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """`hf-llava eval multiple-choice`: answer a questions JSONL, score it, write the report (answers beside it)."""
+                        merge_adapter: bool = False, overwrite: bool = False, progress: bool = True,
+                        quantization=None) -> dict:
+    """`hf-llava eval multiple-choice`: answer a questions JSONL, score it, write the report (answers beside it).
+    `quantization`: a `BitsAndBytesConfig` (`hf_llava._loading.bitsandbytes_config`) to load the model with."""
     from .runs import run_scored
 
     return run_scored("multiple-choice", check_mc_questions, score_multiple_choice, model, questions, output,
                       images=images, batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
-                      merge_adapter=merge_adapter, overwrite=overwrite, progress=progress)
+                      merge_adapter=merge_adapter, overwrite=overwrite, progress=progress, quantization=quantization)
 
 
 __all__ = ["INSTRUCTION", "check_mc_questions", "choice_index", "evaluate_multiple_choice", "mc_prompt",

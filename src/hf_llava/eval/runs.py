@@ -26,7 +26,7 @@ def evaluate_loaded(check: Callable[[list, str], list], score: Callable[[list, d
 def run_scored(benchmark: str, check: Callable[[list, str], list], score: Callable[[list, dict], dict],
                model: str, questions: str, output: str, *, images: Optional[str] = None, batch_size: int = 8,
                max_new_tokens: int = 128, device: Optional[str] = None, merge_adapter: bool = False,
-               overwrite: bool = False, progress: bool = True) -> dict:
+               overwrite: bool = False, progress: bool = True, quantization=None) -> dict:
     """`check(records, where)` validates the questions and adds each one's `prompt`; `score(questions,
     predictions)` returns the benchmark's numbers with a `results` list. Returns the report written."""
     from .._io import write_json_atomic
@@ -41,7 +41,7 @@ def run_scored(benchmark: str, check: Callable[[list, str], list], score: Callab
     check_model(model, merge_adapter, device)
     report_path = check_report(output, overwrite)
     answers = JournaledAnswers(model, [{**q, "text": q["prompt"]} for q in checked], report_path,
-                               max_new_tokens=max_new_tokens, overwrite=overwrite)
+                               max_new_tokens=max_new_tokens, overwrite=overwrite, quantization=quantization)
     predictions = answers.generate(images_root=images, batch_size=batch_size, device=device,
                                    merge_adapter=merge_adapter, progress=progress)
     scores = score(checked, predictions)

@@ -126,13 +126,14 @@ def evaluate_vqa(model, processor, questions: Sequence[dict], images_root=None, 
 
 def run_vqa(model: str, questions: str, output: str, *, images: Optional[str] = None, batch_size: int = 8,
             max_new_tokens: int = 128, device: Optional[str] = None, merge_adapter: bool = False,
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """`hf-llava eval vqa`: answer a questions JSONL, score it, write the report (and the answers beside it)."""
+            overwrite: bool = False, progress: bool = True, quantization=None) -> dict:
+    """`hf-llava eval vqa`: answer a questions JSONL, score it, write the report (and the answers beside it).
+    `quantization`: a `BitsAndBytesConfig` (`hf_llava._loading.bitsandbytes_config`) to load the model with."""
     from .runs import run_scored
 
     return run_scored("vqa", check_vqa_questions, score_vqa, model, questions, output, images=images,
                       batch_size=batch_size, max_new_tokens=max_new_tokens, device=device,
-                      merge_adapter=merge_adapter, overwrite=overwrite, progress=progress)
+                      merge_adapter=merge_adapter, overwrite=overwrite, progress=progress, quantization=quantization)
 
 
 __all__ = ["SHORT_ANSWER", "check_vqa_questions", "evaluate_vqa", "normalize_answer", "run_vqa", "score_vqa",

@@ -70,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
     from ..processing.image_loading import load_image
 
     image = load_image(args.image) if args.image else None  # a bad path is named before the model loads
-    model, processor, path = load(args.model_dir, args.backend, args.device)
+    from .._cli_args import quantization_config
+
+    model, processor, path = load(args.model_dir, args.backend, args.device, quantization_config(args, args.device))
     service = build_service(model, processor, path.name, max_batch_size=1, gather_ms=0)
     print(f"hf-llava chat: {path} (empty line to quit, /reset, /image PATH)", flush=True)
     try:

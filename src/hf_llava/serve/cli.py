@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from .._cli_args import add_quantization_arguments, quantization_config
 from .._extras import require
 
 
@@ -21,11 +22,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PyTorch or ONNX Runtime (default: onnx for an export folder, else torch)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="where the model runs (default: cuda when available for torch, cpu for onnx)")
+    add_quantization_arguments(parser)
 
 
-def load(model_dir: Optional[str], backend: Optional[str], device: Optional[str]) -> tuple:
-    """(model, processor, the folder) for MODEL_DIR (default: the shipped demo model); errors name the flag."""
-    from ..onnx.loading import is_onnx_folder, load_model
+def load(model_dir: Optional[str], backend: Optional[str], device: Optional[str], quantization=None) -> tuple:
+    """(model, processor, the folder) for MODEL_DIR (default: the shipped demo model), in 4 / 8 bits with
+    `quantization` (a `BitsAndBytesConfig`); errors name the flag."""
+    from ..onnx.loading import check_model, is_onnx_folder, load_model
 
     if model_dir is None:
         from ..world.parts import chat_model_path
@@ -39,6 +42,15 @@ def load(model_dir: Optional[str], backend: Optional[str], device: Optional[str]
     if backend == "torch" and onnx:
         raise ValueError(f"--backend torch: {path} is an ONNX export folder; pass the PyTorch folder it was exported "
                          "from, or --backend onnx.")
+    if quantization is not None:
+        if onnx or backend == "onnx":
+            raise ValueError(f"--load-in quantises PyTorch weights (bitsandbytes), but {path} is served with ONNX "
+                             "Runtime: pass the PyTorch folder with --backend torch, or drop --load-in.")
+        from .._loading import load_quantized
+
+        check_model(path, device=device)
+        model, processor = load_quantized(path, quantization, device=device)
+        return model, processor, path
     model, processor = load_model(path, device=device)
     return model, processor, path
 
@@ -96,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from .app import build_app
     from .messages import ImagePolicy
 
-    model, processor, path = load(args.model_dir, args.backend, args.device)
+    model, processor, path = load(args.model_dir, args.backend, args.device, quantization_config(args, args.device))
     name = args.served_model_name or path.name
     policy = ImagePolicy(max_pixels=args.max_image_pixels, allow_remote=args.allow_remote_images,
                          allow_local=args.allow_local_images)
