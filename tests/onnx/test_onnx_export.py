@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -226,7 +227,8 @@ def test_fp16_export_within_tolerance_and_reports_the_provider_that_ran(saved_ll
     reason="needs a CUDA device, torch with CUDA and onnxruntime-gpu (CUDAExecutionProvider)",
 )
 def test_cuda_fp16_export_and_io_binding_generation(saved_llava, tmp_path, tiny_model, tiny_processor, images):
-    out = export_onnx(saved_llava, tmp_path / "cuda", dtype="fp16", device="cuda", show_progress=False)
+    out = export_onnx(saved_llava, tmp_path / "cuda", dtype="fp16", device="cuda", show_progress=False,
+                      optimize="none")
     report = json.loads((out / "onnx" / "export_info.json").read_text())["validation"]
     assert report["provider"] == "CUDAExecutionProvider"
     ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, provider="CUDAExecutionProvider", dtype="fp32")
@@ -263,3 +265,28 @@ def test_validation_rejects_non_finite_logits_as_a_two_line_cli_error(tmp_path, 
     lines = err[err.index("hf-llava export-onnx: error:"):].strip().splitlines()  # after the progress bar
     assert len(lines) <= 2 and "non-finite logits" in lines[0] and "so does PyTorch" in lines[0], lines
     assert not (tmp_path / "onnx-out").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="needs a CUDA device, torch with CUDA and onnxruntime-gpu (CUDAExecutionProvider)",
+)
+@pytest.mark.skipif(GQA_UNAVAILABLE is not None, reason=f"GQA decoder: {GQA_UNAVAILABLE}")
+def test_cuda_gqa_fp16_decoder_writes_its_device_buffer_in_place(saved_llava, tmp_path, tiny_model, tiny_processor,
+                                                                 images):
+    out = export_onnx(saved_llava, tmp_path / "cuda", dtype="fp16", device="cuda", show_progress=False, optimize="gqa")
+    report = json.loads((out / "onnx" / "export_info.json").read_text())["validation"]
+    assert report["provider"] == "CUDAExecutionProvider" and report["relative_diff"] <= report["tolerance"]
+    ort_model = ORTLlavaForConditionalGeneration.from_pretrained(out, provider="CUDAExecutionProvider")
+    assert ort_model.gqa and ort_model.use_io_binding and ort_model.float_dtype == np.float16  # auto: fp16 on CUDA
+    with pytest.raises(ValueError, match="fp16 only"):
+        ORTLlavaForConditionalGeneration.from_pretrained(out, provider="CUDAExecutionProvider", dtype="fp32")
+    batch = _prompts(tiny_processor, images, ["USER: <image>\nWhat? ASSISTANT:", "USER: <image>\nDescribe. ASSISTANT:"])
+    detailed = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, return_dict_in_generate=True,
+                    output_logits=True)
+    with torch.no_grad():
+        ref = tiny_model.generate(**batch, **detailed)
+    got = ort_model.generate(**batch, **detailed)
+    for a, b in zip(got.logits, ref.logits):  # every step through the in-place cache, within fp16's tolerance
+        assert (a - b).abs().max() <= report["tolerance"] * max(1.0, b.abs().max().item())

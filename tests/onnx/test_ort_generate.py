@@ -110,6 +110,13 @@ def test_auto_dtype_loads_the_most_precise_variant_and_logs_it(saved_llava, tmp_
     assert any("onnx/vision_encoder_quantized.onnx" in r.getMessage() for r in caplog.records)
     with pytest.raises(FileNotFoundError, match="fp16"):
         ORTLlavaForConditionalGeneration.from_pretrained(out, dtype="fp16")
+    # what eval and serve load: a variant by name; a PyTorch folder has none
+    from hf_llava.onnx.loading import load_model
+
+    int8_model, _ = load_model(out, onnx_dtype="int8")
+    assert int8_model.decoder_session._model_path.endswith("onnx/decoder_model_merged_quantized.onnx")
+    with pytest.raises(ValueError, match="onnx_dtype='int8'.*PyTorch folder"):
+        load_model(saved_llava, onnx_dtype="int8")
 
 
 class RecordingStreamer(BaseStreamer):

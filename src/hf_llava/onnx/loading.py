@@ -47,20 +47,27 @@ def check_model(path: PathLike, merge_adapter: bool = False, device: Optional[st
     return path
 
 
-def load_model(path: PathLike, device: Optional[str] = None, merge_adapter: bool = False) -> tuple[Any, Any]:
+def load_model(
+    path: PathLike, device: Optional[str] = None, merge_adapter: bool = False, onnx_dtype: str = "auto"
+) -> tuple[Any, Any]:
     """`(model, processor)` from a saved hf-llava folder, a llava-hf folder (transformers' own `llava` /
     `llava_next` classes, through the Auto classes) or an ONNX export folder.
 
     `device`: `cpu` or `cuda` (default: cuda when available for PyTorch, the CPU provider for ONNX). A LoRA
-    adapter folder is merged into its base model with `merge_adapter=True`.
+    adapter folder is merged into its base model with `merge_adapter=True`. `onnx_dtype`: which variant of an ONNX
+    folder (`auto`: the most precise present; `fp32`, `fp16`, `int8`, `int4`); anything but `auto` for a PyTorch
+    folder is an error.
     """
     path = check_model(path, merge_adapter, device)
+    if onnx_dtype != "auto" and not is_onnx_folder(path):
+        raise ValueError(f"onnx_dtype={onnx_dtype!r} picks a variant of an `hf-llava export-onnx` folder; model={path} "
+                         "is a PyTorch folder: drop it, or pass the export's folder.")
     if is_onnx_folder(path):
         from .modeling_ort import ORTLlavaForConditionalGeneration
         from ..processing import LlavaProcessor
 
         provider = PROVIDERS[(device or "cpu").split(":")[0]]
-        return ORTLlavaForConditionalGeneration.from_pretrained(path, provider=provider), \
+        return ORTLlavaForConditionalGeneration.from_pretrained(path, provider=provider, dtype=onnx_dtype), \
             LlavaProcessor.from_pretrained(path)
     import torch
     from transformers import AutoProcessor

@@ -22,6 +22,7 @@ streamer protocol, so the fields in `SUPPORTED_FIELDS` behave as in transformers
 """
 
 import copy
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -148,11 +149,22 @@ class ORTLlavaForConditionalGeneration:
             raise FileNotFoundError(
                 f"{path} has no {EXPORT_INFO}: expected a folder written by `hf-llava export-onnx`."
             )
+        # GroupQueryAttention has CUDA kernels for fp16 / bf16 only: an fp32 GQA decoder would fall back to the CPU
+        gqa_on_cuda = provider == "CUDAExecutionProvider" and "GroupQueryAttention" in json.loads(
+            (path / EXPORT_INFO).read_text()).get("decoder", "")
         if dtype == "auto":
             present = [d for d in DTYPES if all((path / onnx_file(d, g)).is_file() for g in GRAPH_NAMES)]
+            if gqa_on_cuda and "fp16" in present:
+                present.remove("fp16")
+                present.insert(0, "fp16")
             dtype = present[0] if present else DTYPES[0]  # none complete: fp32's missing files are named below
         elif dtype not in DTYPES:
             raise ValueError(f"dtype={dtype!r}: expected 'auto' or one of {', '.join(DTYPES)}.")
+        if gqa_on_cuda and dtype != "fp16":
+            raise ValueError(
+                f"{path} holds the GroupQueryAttention decoder, which runs on CUDA in fp16 only (dtype={dtype!r} was "
+                "asked for): export with --dtype fp16 and load dtype='fp16', or export with --optimize none."
+            )
         files = {g: path / onnx_file(dtype, g) for g in GRAPH_NAMES}
         missing = [str(f) for f in files.values() if not f.is_file()]
         if missing:
