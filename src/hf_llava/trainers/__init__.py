@@ -1,4 +1,5 @@
-"""LLaVA's two training stages on TRL: configs with the recipe's defaults, trainers, freezing, LoRA, projector files.
+"""LLaVA's two training stages on TRL: configs with the recipe's defaults, trainers, freezing, LoRA, projector files,
+the memory plan of a run.
 
 The names are imported on first use: importing the package (or `hf_llava.trainers.cli`) imports neither
 torch nor TRL.
@@ -27,6 +28,7 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "LlavaStage1Trainer": ".stage_trainers",
     "LlavaStage2Config": ".configs",
     "LlavaStage2Trainer": ".stage_trainers",
+    "MemoryPlan": ".memory",
     "PROJECTOR_FILE": ".projector",
     "check_lora_placement": ".freezing",
     "check_training_output": ".outputs",
@@ -34,6 +36,7 @@ __getattr__, __dir__ = lazy_names(__name__, {
     "load_model_with_projector": ".projector",
     "load_projector": ".projector",
     "merge_lora": ".._loading",
+    "plan_training": ".memory",
     "save_projector": ".projector",
     "set_trainable": ".freezing",
     "split_param_groups": ".freezing",
@@ -46,6 +49,7 @@ __all__ = [
     "LlavaStage1Trainer",
     "LlavaStage2Config",
     "LlavaStage2Trainer",
+    "MemoryPlan",
     "PROJECTOR_FILE",
     "TRAIN_MODULES",
     "check_lora_placement",
@@ -54,6 +58,7 @@ __all__ = [
     "load_model_with_projector",
     "load_projector",
     "merge_lora",
+    "plan_training",
     "require_training",
     "save_projector",
     "set_trainable",

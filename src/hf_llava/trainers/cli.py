@@ -1,7 +1,8 @@
 """`hf-llava train stage1|stage2`: argument parsing for the two training stages; the work is the library's.
 
 Order of a run: the output folder is checked, the data validated, then the model loads (slow) and trains,
-so a bad input costs seconds and writes nothing. Importing this module imports neither torch nor TRL.
+so a bad input costs seconds and writes nothing; `--plan` prints the memory plan (`memory.py`) once the flags are
+checked and stops there. Importing this module imports neither torch nor TRL.
 """
 
 import argparse
@@ -72,6 +73,12 @@ def _add_common(parser: argparse.ArgumentParser, stage: int) -> None:
                                 metavar=flag[2:].upper().replace("-", "_"))
     parser.add_argument("--gradient-checkpointing", action="store_true", default=None,
                         help="recompute activations in the backward pass to save memory")
+    parser.add_argument("--deepspeed", default=None, metavar="JSON",
+                        help="DeepSpeed config (ZeRO stage, offload), passed to the trainer as the original's scripts "
+                             "do; launch with the deepspeed or accelerate launcher")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the memory plan (parameters by part, bytes for weights, gradients, optimizer and "
+                             "activations against the device found) and exit, without loading weights or images")
     if stage == 2:
         parser.add_argument("--projector", default=None,
                             help="mm_projector.safetensors (or its folder) to load into --model")
@@ -114,6 +121,8 @@ def _config(args: argparse.Namespace):
     kwargs = {name: getattr(args, name) for _, name, _, _ in _CONFIG_FLAGS}
     kwargs.update(output_dir=args.output, projector_lr=args.projector_lr,
                   gradient_checkpointing=args.gradient_checkpointing)
+    if args.deepspeed is not None and not args.plan:  # --plan reads the file itself, with or without DeepSpeed
+        kwargs["deepspeed"] = _check_deepspeed(args.deepspeed)
     recipe = QLORA if not stage1 and args.load_in else LORA
     if not stage1 and args.load_in and args.gradient_checkpointing is None:
         kwargs["gradient_checkpointing"] = QLORA["gradient_checkpointing"]
@@ -183,6 +192,68 @@ def _check_quantization(args: argparse.Namespace, built: bool):
     return quantization_config(args)
 
 
+def _check_deepspeed(path: str) -> str:
+    """`--deepspeed`: an existing JSON file, and the package installed."""
+    import importlib.util
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--deepspeed {path}: no such file; pass a DeepSpeed config JSON.")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(f"--deepspeed {path} needs the deepspeed package: pip install deepspeed.")
+    return path
+
+
+def _zero_stage(args: argparse.Namespace) -> int:
+    """The ZeRO stage of `--deepspeed JSON`, else of `accelerate launch --use_deepspeed --zero_stage N`, else 0."""
+    import json
+
+    if args.deepspeed is not None:
+        try:
+            with open(args.deepspeed, encoding="utf-8") as f:
+                stage = json.load(f).get("zero_optimization", {}).get("stage", 0)
+        except (OSError, ValueError, AttributeError) as error:
+            raise ValueError(f"--deepspeed {args.deepspeed}: not a readable DeepSpeed config JSON ({error}).") from None
+        if stage not in (0, 1, 2, 3):
+            raise ValueError(f"--deepspeed {args.deepspeed}: zero_optimization.stage {stage!r}, expected 0-3.")
+        return stage
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2))  # accelerate's default stage
+    return 0
+
+
+def _memory_plan(args: argparse.Namespace, config, built: bool):
+    """The memory plan of the run the flags describe (`memory.plan_training`), from the model's config alone."""
+    import torch
+    from transformers import AutoConfig
+
+    from .memory import loaded_dtypes, plan_training
+
+    if built:
+        from ..builder import tower_config
+        from ..modeling import LlavaConfig
+
+        llava_config = LlavaConfig(vision_config=tower_config(args.vision_tower).to_dict(),
+                                   text_config=AutoConfig.from_pretrained(args.language_model).to_dict(),
+                                   projector_type=args.projector_type,
+                                   image_aspect_ratio="anyres" if config.image_aspect_ratio == "anyres" else "pad")
+    else:
+        llava_config = AutoConfig.from_pretrained(_processor_folder(args.model))
+    stage = 1 if args.stage == "stage1" else 2
+    load_in = getattr(args, "load_in", None) if stage == 2 else None
+    lora = stage == 2 and args.lora
+    recipe = QLORA if load_in else LORA
+    checkpointing = getattr(config, "activation_checkpointing", None) or config.gradient_checkpointing
+    devices = int(os.environ.get("WORLD_SIZE", 0)) or torch.cuda.device_count() or 1
+    return plan_training(
+        llava_config, stage=stage, lora=lora, lora_r=getattr(args, "lora_r", None) or recipe["r"],
+        tune_vision_tower=getattr(config, "tune_vision_tower", False), freeze_llm=getattr(config, "freeze_llm", False),
+        load_in=load_in, bnb_double_quant=getattr(args, "bnb_double_quant", None) is not False,
+        dtypes=loaded_dtypes(llava_config, built), mixed_precision="bf16" if config.bf16 else "fp16" if config.fp16
+        else None, batch_size=config.per_device_train_batch_size, max_length=config.max_length,
+        gradient_checkpointing=bool(checkpointing), zero_stage=_zero_stage(args), num_devices=devices,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Checks the output folder and the data, then loads the model, trains and saves (see the module's order)."""
     from .._loading import check_merge_adapter, is_adapter
@@ -197,6 +268,9 @@ def run(args: argparse.Namespace) -> int:
     quantization = _check_quantization(args, built)
     if not built:
         check_merge_adapter(args.model, args.merge_adapter, "model")
+    if args.plan:  # nothing is written, no weights or images are read
+        print(_memory_plan(args, _config(args), built).format())
+        return 0
     resume = check_training_output(args.output, overwrite=args.overwrite, resume=args.resume)
     if lora and is_adapter(args.model):
         raise ValueError(f"model={args.model!r} is a LoRA adapter: a new adapter needs its base model as a folder; "
@@ -209,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     if not built:
         _check_aspect_ratio(args.model, config.image_aspect_ratio)
+    logger.info("%s", _memory_plan(args, config, built).format())
 
     from transformers import AutoProcessor
 
