@@ -159,3 +159,17 @@ def test_missing_onnxruntime_names_the_extra_to_install(saved_llava, tmp_path):
     assert "pip install 'hf-llava[onnx]'" in errors[0] and "pip install 'hf-llava[gpu]'" in errors[1], errors
     assert "import:" in proc.stdout and "pip install 'hf-llava[onnx]'" in proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_a_quantised_folder_is_refused_with_the_reason(saved_llava, tmp_path, capsys):
+    # a 4-bit folder no longer has the full-precision weights an export needs (bitsandbytes layers do not trace)
+    import shutil
+
+    quantised = tmp_path / "quantised"
+    shutil.copytree(saved_llava, quantised)
+    config = json.loads((quantised / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (quantised / "config.json").write_text(json.dumps(config))
+    code, lines = _run_cli([quantised, tmp_path / "out"], capsys)
+    assert code == 2 and len(lines) <= 2 and "4-bit bitsandbytes" in lines[0]
+    assert "export the full-precision folder" in lines[0] and not (tmp_path / "out").exists()

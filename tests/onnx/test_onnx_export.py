@@ -112,7 +112,8 @@ def test_decoder_returns_the_logits_asked_for(saved_llava, tmp_path, tiny_proces
     length = mask.shape[1]
     if optimize == "gqa":
         def run(keep):
-            return ort_model.gqa_step(embeds, mask.sum(-1), ort_model._kv_buffers(1, length), keep=keep)
+            return ort_model.gqa_step(embeds, mask.sum(-1), ort_model.kv_binding(ort_model._kv_buffers(1, length)),
+                                      keep=keep)
     else:
         def run(keep):
             positions = mask.cumsum(-1) - 1

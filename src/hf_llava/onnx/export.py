@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_output, check_output_folder
 from .._compat import image_features
 from .._extras import require
-from .._loading import is_adapter, load_llava_model, resolve_adapter_base
+from .._loading import is_adapter, load_llava_model, refuse_quantized, resolve_adapter_base
 from . import builder, graphs
 from .layout import (
     DTYPES,
@@ -368,6 +368,7 @@ def export_onnx(
     model_dir, out_dir = Path(model_dir).resolve(), Path(out_dir).resolve()
     processor_dir = None if processor is None else Path(processor).resolve()
     _check_arguments(model_dir, out_dir, dtype, device, processor_dir, optimize)
+    refuse_quantized(model_dir, "hf-llava export-onnx")  # a 4 / 8-bit folder: export the full-precision one
     require("onnx", extra_for(device), "ONNX export")
     if validate or dtype != "fp32":
         require("onnxruntime", extra_for(device), "Validating the export and writing fp16 / int8 / int4 variants")

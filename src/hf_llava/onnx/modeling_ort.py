@@ -289,35 +289,44 @@ class ORTLlavaForConditionalGeneration:
         return [ort.OrtValue.ortvalue_from_shape_and_type(shape, self.float_dtype, device, 0)
                 for _ in range(2 * self.num_layers)]
 
-    def gqa_step(self, inputs_embeds: np.ndarray, lengths: np.ndarray, buffers: list, first_row: int = 0,
-                 keep: int = 0) -> np.ndarray:
-        """One run of the GQA decoder on buffer rows `first_row ..` (as many as `inputs_embeds` has): row r's
-        `(T, hidden)` tokens are its last ones, `lengths[r]` tokens in all (cached + these). -> `logits (B, keep or
-        T, vocab)` on the host; the op writes the new keys / values into `buffers` in place."""
-        batch = len(inputs_embeds)
+    def kv_binding(self, buffers: list, first_row: int = 0, rows: Optional[int] = None):
+        """An IOBinding of buffer rows `first_row ..` (`rows` of them, default all) as both the GQA decoder's past
+        and its present: the same memory, which the op writes in place. Reused across steps: only the inputs and
+        the logits are bound again."""
         device = "cuda" if self.use_io_binding else "cpu"
         binding = self.decoder_session.io_binding()
-        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(inputs_embeds, dtype=self.float_dtype))
-        # (B, max length): row r's first lengths[r] positions hold tokens; the op reads positions from the sums
-        mask = (np.arange(lengths.max())[None, :] < lengths[:, None]).astype(np.int64)
-        binding.bind_cpu_input("attention_mask", mask)
-        if self.keeps_logits:
-            binding.bind_cpu_input(NUM_LOGITS_TO_KEEP, np.array(keep, np.int64))
-        binding.bind_output("logits", "cpu")  # first: get_outputs() lists outputs in binding order
-        names = zip(past_names(self.num_layers), present_names(self.num_layers), buffers)
-        for past_name, present_name, buffer in names:
+        for past_name, present_name, buffer in zip(past_names(self.num_layers), present_names(self.num_layers),
+                                                    buffers):
             full = buffer.shape()
             row_bytes = int(np.prod(full[1:])) * np.dtype(self.float_dtype).itemsize
-            shape, pointer = [batch, *full[1:]], buffer.data_ptr() + first_row * row_bytes
+            shape = [full[0] - first_row if rows is None else rows, *full[1:]]
+            pointer = buffer.data_ptr() + first_row * row_bytes
             binding.bind_input(past_name, device, 0, self.float_dtype, shape, pointer)
-            binding.bind_output(present_name, device, 0, self.float_dtype, shape, pointer)  # the same memory
+            binding.bind_output(present_name, device, 0, self.float_dtype, shape, pointer)
+        binding.kv_buffers = buffers  # the binding holds raw pointers into them: they live as long as it does
+        return binding
+
+    def gqa_step(self, inputs_embeds: np.ndarray, lengths: np.ndarray, binding, keep: int = 0) -> np.ndarray:
+        """One run of the GQA decoder on the rows `binding` holds (`kv_binding`): row r's `(T, hidden)` tokens are
+        its last ones, `lengths[r]` tokens in all (cached + these). -> `logits (B, keep or T, vocab)` on the host."""
+        batch, length = inputs_embeds.shape[:2]
+        binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(inputs_embeds, dtype=self.float_dtype))
+        # (B, max length): row r's first lengths[r] positions hold tokens; the op reads positions from the sums
+        binding.bind_cpu_input("attention_mask", (np.arange(lengths.max()) < lengths[:, None]).astype(np.int64))
+        if self.keeps_logits:
+            binding.bind_cpu_input(NUM_LOGITS_TO_KEEP, np.array(keep, np.int64))
+        # into an array of ours: get_outputs() would wrap every present buffer too, at each step
+        logits = np.empty((batch, (keep or length) if self.keeps_logits else length,
+                           self.config.text_config.vocab_size), dtype=self.float_dtype)
+        binding.bind_output("logits", "cpu", 0, self.float_dtype, list(logits.shape), logits.ctypes.data)
         self.decoder_session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()
+        return logits
 
     def _gqa_prefill(self, embeds: np.ndarray, mask: np.ndarray, buffers: list, keep: int) -> list[np.ndarray]:
         """Each prompt alone into its buffer row (only its real tokens, wherever the padding was) -> per row
         `logits (1, keep or its length, vocab)`."""
-        return [self.gqa_step(embeds[row:row + 1, mask[row] == 1], mask[row:row + 1].sum(-1), buffers, row, keep)
+        return [self.gqa_step(embeds[row:row + 1, mask[row] == 1], mask[row:row + 1].sum(-1),
+                              self.kv_binding(buffers, row, 1), keep)
                 for row in range(len(embeds))]
 
     # both decoders
@@ -329,6 +338,7 @@ class ORTLlavaForConditionalGeneration:
         if self.gqa:
             lengths = mask.sum(-1)
             buffers = self._kv_buffers(batch, int(lengths.max()) + max_new_tokens)
+            binding = self.kv_binding(buffers)
             first = True
 
             def step(embeds: np.ndarray) -> np.ndarray:
@@ -337,7 +347,7 @@ class ORTLlavaForConditionalGeneration:
                     first = False
                     return np.concatenate([row[:, -1] for row in self._gqa_prefill(embeds, mask, buffers, keep=1)])
                 lengths = lengths + 1
-                return self.gqa_step(embeds, lengths, buffers, keep=1)[:, -1]
+                return self.gqa_step(embeds, lengths, binding, keep=1)[:, -1]
             return step
 
         past = self._empty_past(batch)
