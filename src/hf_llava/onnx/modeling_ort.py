@@ -103,6 +103,11 @@ def _numpy(x) -> Optional[np.ndarray]:
     return x.numpy()
 
 
+def _prompt_positions(mask: np.ndarray) -> np.ndarray:
+    """The traced decoder's `position_ids (B, T)` for a left-padded prompt, as transformers computes them."""
+    return np.where(mask == 0, 1, mask.cumsum(-1) - 1)
+
+
 class ORTLlavaForConditionalGeneration:
     """LLaVA on ONNX Runtime: `vision_encoder`, `embed_tokens` and `decoder_model_merged` sessions.
 
@@ -351,7 +356,7 @@ class ORTLlavaForConditionalGeneration:
             return step
 
         past = self._empty_past(batch)
-        position_ids = np.where(mask == 0, 1, mask.cumsum(-1) - 1)  # left padding, as transformers
+        position_ids = _prompt_positions(mask)
 
         def step(embeds: np.ndarray) -> np.ndarray:
             nonlocal past, mask, position_ids
@@ -376,7 +381,7 @@ class ORTLlavaForConditionalGeneration:
             for row, row_logits in enumerate(rows):
                 logits[row, attention_mask[row] == 1] = row_logits[0]
             return logits
-        position_ids = np.where(attention_mask == 0, 1, attention_mask.cumsum(-1) - 1)
+        position_ids = _prompt_positions(attention_mask)
         return self.decode_step(embeds, attention_mask, position_ids, self._empty_past(len(input_ids)))[0]
 
     # generation
