@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 ADAPTER_CONFIG = "adapter_config.json"
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+# transformers' own LLaVA families, which llava-hf folders (and `hf-llava convert --to llava-hf`) use
+TRANSFORMERS_LLAVA_TYPES = ("llava", "llava_next")
 # bitsandbytes: the widths a model loads in and the 4-bit data types (nf4: the QLoRA paper's NormalFloat).
 QUANT_BITS = (4, 8)
 BNB_QUANT_TYPES = ("nf4", "fp4")
@@ -208,35 +210,61 @@ def load_llava_model(path: PathLike, *, merge_adapter: bool = False, **from_pret
     return LlavaForConditionalGeneration.from_pretrained(path, **from_pretrained_kwargs)
 
 
-def load_quantized(path: PathLike, quantization_config, *, merge_adapter: bool = False,
-                   device: Optional[str] = None) -> tuple[Any, Any]:
-    """`(model, processor)` for a PyTorch folder loaded through `quantization_config` (`bitsandbytes_config`) on
-    `device` (default: CUDA when there is one): an hf-llava folder, a LoRA adapter with `merge_adapter=True`
-    (merged in full precision, then quantised), or a llava-hf folder (transformers' classes, with the same
-    modules kept out of quantisation as ours)."""
+def _model_type(path: Path) -> Optional[str]:
+    try:
+        return json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def load_pytorch_model(path: PathLike, device: Optional[str] = None, merge_adapter: bool = False,
+                       quantization_config=None) -> tuple[Any, Any]:
+    """`(model, processor)` from a PyTorch folder a user named, evaluation-ready on `device` (default: CUDA when
+    there is one): an hf-llava folder, a LoRA adapter with `merge_adapter=True`, or a llava-hf folder (transformers'
+    own `llava` / `llava_next` classes, as its config declares). Full precision in bf16 on CUDA, fp32 on CPU; with
+    `quantization_config` (`bitsandbytes_config`) the LM in 4 / 8 bits, placed by the loader (bitsandbytes layers
+    do not move afterwards), the rest in the checkpoint's dtype, an adapter merged in full precision first."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ._compat import PIL_IMAGE_PROCESSOR_KWARGS
-    from .modeling import LlavaConfig, LlavaForConditionalGeneration
+    from .modeling import LlavaForConditionalGeneration
     from .modeling.modeling_llava import skip_vision_in_quantization
 
     path = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs = {"quantization_config": quantization_config, "device_map": {"": device}}
-    model_type = (json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type")
-                  if (path / "config.json").is_file() else None)
-    if is_adapter(path) or model_type in (None, LlavaConfig.model_type):
+    if quantization_config is None:
+        kwargs = {"dtype": torch.bfloat16 if device.startswith("cuda") else torch.float32}
+    else:
+        kwargs = {"quantization_config": quantization_config, "device_map": {"": device}}
+    if _model_type(path) in TRANSFORMERS_LLAVA_TYPES:  # llava-hf: transformers' classes, as the folder declares
+        _check_weights(path)
+        if quantization_config is not None:  # the tower and projector kept out, as ours keep them
+            kwargs["quantization_config"] = skip_vision_in_quantization(
+                quantization_config, LlavaForConditionalGeneration._quantization_skip_modules)
+            kwargs["dtype"] = "auto"
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, **PIL_IMAGE_PROCESSOR_KWARGS)
+    else:
         model = load_llava_model(path, merge_adapter=merge_adapter, **kwargs)
-        processor = AutoProcessor.from_pretrained(resolve_adapter_base(path) if is_adapter(path) else path)
-        return model.eval(), processor
-    _check_weights(path)  # a llava-hf folder: transformers' own classes, the tower and projector kept out as ours
-    kwargs["quantization_config"] = skip_vision_in_quantization(
-        quantization_config, LlavaForConditionalGeneration._quantization_skip_modules)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", **kwargs)
-    return model.eval(), AutoProcessor.from_pretrained(path, **PIL_IMAGE_PROCESSOR_KWARGS)
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+        except (OSError, ValueError, TypeError):
+            if not is_adapter(path):
+                raise
+            processor = AutoProcessor.from_pretrained(resolve_adapter_base(path))  # adapters often save no processor
+    if quantization_config is None:
+        model = model.to(device)
+    return model.eval(), processor
 
 
-__all__ = ["ADAPTER_CONFIG", "BNB_QUANT_TYPES", "QUANT_BITS", "bitsandbytes_config", "check_device",
-           "check_merge_adapter", "is_adapter", "load_llava_model", "load_quantized", "merge_lora", "quantization_of",
-           "refuse_quantized", "resolve_adapter_base"]
+def load_quantized(path: PathLike, quantization_config, *, merge_adapter: bool = False,
+                   device: Optional[str] = None) -> tuple[Any, Any]:
+    """`load_pytorch_model` with the language model in 4 / 8 bits (`quantization_config`, from
+    `bitsandbytes_config`)."""
+    return load_pytorch_model(path, device, merge_adapter, quantization_config)
+
+
+__all__ = ["ADAPTER_CONFIG", "BNB_QUANT_TYPES", "QUANT_BITS", "TRANSFORMERS_LLAVA_TYPES", "bitsandbytes_config",
+           "check_device", "check_merge_adapter", "is_adapter", "load_llava_model", "load_pytorch_model",
+           "load_quantized", "merge_lora", "quantization_of", "refuse_quantized", "resolve_adapter_base"]

@@ -116,13 +116,8 @@ class JournaledAnswers:
                  merge_adapter: bool = False, progress: bool = True) -> dict[str, str]:
         start = time.perf_counter()
         if self.pending:
-            if self.quantization is None:
-                model, processor = load_model(self.model_path, device, merge_adapter)
-            else:
-                from .._loading import load_quantized
-
-                model, processor = load_quantized(self.model_path, self.quantization, merge_adapter=merge_adapter,
-                                                  device=device)
+            model, processor = load_model(self.model_path, device, merge_adapter,
+                                          quantization_config=self.quantization)
             self.journal.start(self.run, fresh=self.fresh)
             pending = self.pending
 

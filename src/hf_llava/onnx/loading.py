@@ -3,25 +3,14 @@
 take either through `load_model`.
 """
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .._compat import PIL_IMAGE_PROCESSOR_KWARGS
 from .._loading import check_device, check_merge_adapter, is_adapter
 from .layout import EXPORT_INFO, PROVIDERS
 
 PathLike = Union[str, os.PathLike]
-# transformers' own LLaVA families, which llava-hf folders (and `hf-llava convert --to llava-hf`) use
-TRANSFORMERS_LLAVA_TYPES = ("llava", "llava_next")
-
-
-def _model_type(path: Path):
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
 
 
 def is_onnx_folder(path: PathLike) -> bool:
@@ -48,7 +37,8 @@ def check_model(path: PathLike, merge_adapter: bool = False, device: Optional[st
 
 
 def load_model(
-    path: PathLike, device: Optional[str] = None, merge_adapter: bool = False, onnx_dtype: str = "auto"
+    path: PathLike, device: Optional[str] = None, merge_adapter: bool = False, onnx_dtype: str = "auto",
+    quantization_config=None,
 ) -> tuple[Any, Any]:
     """`(model, processor)` from a saved hf-llava folder, a llava-hf folder (transformers' own `llava` /
     `llava_next` classes, through the Auto classes) or an ONNX export folder.
@@ -56,12 +46,15 @@ def load_model(
     `device`: `cpu` or `cuda` (default: cuda when available for PyTorch, the CPU provider for ONNX). A LoRA
     adapter folder is merged into its base model with `merge_adapter=True`. `onnx_dtype`: which variant of an ONNX
     folder (`auto`: the most precise present; `fp32`, `fp16`, `int8`, `int4`); anything but `auto` for a PyTorch
-    folder is an error.
+    folder is an error. `quantization_config` (`_loading.bitsandbytes_config`): a PyTorch folder's LM in 4 / 8 bits.
     """
     path = check_model(path, merge_adapter, device)
     if onnx_dtype != "auto" and not is_onnx_folder(path):
         raise ValueError(f"onnx_dtype={onnx_dtype!r} picks a variant of an `hf-llava export-onnx` folder; model={path} "
                          "is a PyTorch folder: drop it, or pass the export's folder.")
+    if is_onnx_folder(path) and quantization_config is not None:
+        raise ValueError(f"model={path} is an ONNX export; 4 / 8-bit loading (bitsandbytes) quantises PyTorch "
+                         "weights: pass the PyTorch folder it was exported from.")
     if is_onnx_folder(path):
         from .modeling_ort import ORTLlavaForConditionalGeneration
         from ..processing import LlavaProcessor
@@ -69,26 +62,9 @@ def load_model(
         provider = PROVIDERS[(device or "cpu").split(":")[0]]
         return ORTLlavaForConditionalGeneration.from_pretrained(path, provider=provider, dtype=onnx_dtype), \
             LlavaProcessor.from_pretrained(path)
-    import torch
-    from transformers import AutoProcessor
+    from .._loading import load_pytorch_model
 
-    from .._loading import load_llava_model, resolve_adapter_base
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if _model_type(path) in TRANSFORMERS_LLAVA_TYPES:  # llava-hf: transformers' classes, as the folder declares
-        from transformers import AutoModelForImageTextToText
-
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
-        return model, AutoProcessor.from_pretrained(path, **PIL_IMAGE_PROCESSOR_KWARGS)
-    model = load_llava_model(path, merge_adapter=merge_adapter, dtype=dtype).to(device).eval()
-    try:
-        processor = AutoProcessor.from_pretrained(path)
-    except (OSError, ValueError, TypeError):
-        if not is_adapter(path):
-            raise
-        processor = AutoProcessor.from_pretrained(resolve_adapter_base(path))  # adapters often save no processor
-    return model, processor
+    return load_pytorch_model(path, device, merge_adapter, quantization_config)
 
 
 __all__ = ["check_model", "is_onnx_folder", "load_model"]

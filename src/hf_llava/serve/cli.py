@@ -28,7 +28,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def load(model_dir: Optional[str], backend: Optional[str], device: Optional[str], quantization=None) -> tuple:
     """(model, processor, the folder) for MODEL_DIR (default: the shipped demo model), in 4 / 8 bits with
     `quantization` (a `BitsAndBytesConfig`); errors name the flag."""
-    from ..onnx.loading import check_model, is_onnx_folder, load_model
+    from ..onnx.loading import is_onnx_folder, load_model
 
     if model_dir is None:
         from ..world.parts import chat_model_path
@@ -46,12 +46,7 @@ def load(model_dir: Optional[str], backend: Optional[str], device: Optional[str]
         if onnx or backend == "onnx":
             raise ValueError(f"--load-in quantises PyTorch weights (bitsandbytes), but {path} is served with ONNX "
                              "Runtime: pass the PyTorch folder with --backend torch, or drop --load-in.")
-        from .._loading import load_quantized
-
-        check_model(path, device=device)
-        model, processor = load_quantized(path, quantization, device=device)
-        return model, processor, path
-    model, processor = load_model(path, device=device)
+    model, processor = load_model(path, device=device, quantization_config=quantization)
     return model, processor, path
 
 
